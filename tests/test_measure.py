@@ -1,0 +1,97 @@
+"""MACs/params counting, interleaved CPU latency and the combined measure()."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from chanprune.errors import ConfigError
+from chanprune.measure import count_macs_params, latency, measure
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def net(width: int) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.Dropout(0.1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10),
+    )
+
+
+@pytest.mark.parametrize("n,c,k,h,w", [(8, 3, 3, 10, 10), (5, 2, 1, 7, 9)])
+def test_single_conv_macs(n, c, k, h, w):
+    conv = nn.Conv2d(c, n, k, padding=k // 2, bias=False)
+    macs, params = count_macs_params(conv, torch.randn(1, c, h, w))
+    assert macs == n * c * k * k * h * w
+    assert params == n * c * k * k
+    with_bias = nn.Conv2d(c, n, k, padding=k // 2)
+    macs_b, params_b = count_macs_params(with_bias, torch.randn(1, c, h, w))
+    assert macs_b == n * c * k * k * h * w + n * h * w and params_b == params + n
+
+
+def test_count_leaves_model_unchanged():
+    model = net(8).train()
+    model[3].eval()  # mixed modes must survive too
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    macs, params = count_macs_params(model, torch.randn(1, 1, 8, 8))
+    assert macs > 0 and params == sum(p.numel() for p in model.parameters())
+    assert model.training and model[0].training and not model[3].training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    model.eval()
+    count_macs_params(model, torch.randn(1, 1, 8, 8))
+    assert not any(m.training for m in model.modules())
+
+
+def test_latency_interleaved_all_models_and_batch_sizes():
+    models = {"small": net(4), "dense": net(32).train(), "mid": net(16)}
+    res = latency(models, (1, 8, 8), batch_sizes=(1, 4), repeats=4, warmup=1)
+    for name in models:
+        for bs in (1, 4):
+            s = res[name][bs]
+            assert 0 < s["p10_ms"] <= s["median_ms"] <= s["p90_ms"]
+    assert set(res["speedup"]) == {"small", "mid"}  # relative to "dense"
+    assert all(res["speedup"][m][bs] > 0 for m in ("small", "mid") for bs in (1, 4))
+    assert models["dense"].training  # originals untouched (timing runs on eval copies)
+    first = latency({"a": net(4), "b": net(8)}, (1, 8, 8), batch_sizes=(2,), repeats=2, warmup=0, threads=1)
+    assert set(first["speedup"]) == {"b"} and set(first["speedup"]["b"]) == {2}
+    with pytest.raises(ConfigError):
+        latency({}, (1, 8, 8))
+
+
+class TinyData:
+    """Just what measure() needs: example_input and a test loader."""
+
+    name = "tiny"
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(40, 1, 8, 8, generator=g)
+        self.y = torch.randint(0, 10, (40,), generator=g)
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        return torch.zeros(batch, 1, 8, 8)
+
+    def loader(self, split="test", batch_size=512, shuffle=False, augment=False, seed=0, limit=None, epoch=0):
+        n = limit or len(self.y)
+        return [(self.x[i:i + batch_size], self.y[i:i + batch_size]) for i in range(0, n, batch_size)]
+
+
+def test_measure_with_baseline():
+    data, dense, small = TinyData(), net(32), net(4)
+    res = measure(small, data, baseline=dense, batch_sizes=(1, 8), repeats=3, limit=20)
+    assert res["macs"] == count_macs_params(small, data.example_input())[0]
+    assert res["params"] == sum(p.numel() for p in small.parameters())
+    assert 0 <= res["accuracy"] <= 100
+    assert set(res["latency_ms"]) == {1, 8} and all(v > 0 for v in res["latency_ms"].values())
+    assert set(res["speedup"]) == {1, 8} and all(v > 0 for v in res["speedup"].values())
+    assert 0 < res["mac_ratio"] < 1 and 0 < res["param_ratio"] < 1
+    alone = measure(small, data, batch_sizes=(1,), repeats=2, accuracy=False)
+    assert alone["accuracy"] is None and "speedup" not in alone
