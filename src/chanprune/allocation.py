@@ -1,0 +1,119 @@
+"""How many channels each group keeps: uniform and global rules, and the MAC/params-target search.
+
+Every rule is a *widths function* ``t ↦ keep`` of one global knob t ∈ [0, 1] whose cost falls as t
+grows; :func:`search` bisects t so that the cost lands on the target, then nudges single groups by one
+channel to land within the tolerance where rounding left a gap.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .cost import CostModel
+from .errors import PruneError
+from .graph import resolve_round_to
+
+WidthsFn = Callable[[float], list[int]]
+
+
+def uniform(channels: Sequence[int], round_to: int | None = None, floor: Sequence[int] | None = None) -> WidthsFn:
+    """n'_l(t) = n_l − round(t·(n_l − floor_l)); floor_l = 1 unless given (hierarchical uses k_l)."""
+    lows = [1] * len(channels) if floor is None else [max(1, f) for f in floor]
+
+    def widths(t: float) -> list[int]:
+        return [
+            max(low, resolve_round_to(n - round(t * (n - low)), n, round_to)) for n, low in zip(channels, lows)
+        ]
+
+    return widths
+
+
+def global_ranking(scores: Sequence[torch.Tensor], round_to: int | None = None, min_keep: int = 1) -> WidthsFn:
+    """Remove the globally lowest fraction t of all channels, scores normalised by each group's mean."""
+    normed = [s.double() / s.double().abs().mean().clamp_min(1e-12) for s in scores]
+    flat = torch.sort(torch.cat(normed)).values
+
+    def widths(t: float) -> list[int]:
+        if t <= 0:
+            return [len(s) for s in normed]
+        cut = flat[min(len(flat) - 1, max(0, int(math.floor(t * len(flat))) - 1))]
+        return [
+            resolve_round_to(max(min_keep, int((s > cut).sum())), len(s), round_to) for s in normed
+        ]
+
+    return widths
+
+
+@dataclass
+class SearchResult:
+    keep: list[int]
+    knob: float
+    ratio: float      # achieved cost ratio (by the cost model)
+    target: float
+    kind: str
+
+    @property
+    def within(self) -> float:
+        return abs(self.ratio - self.target) / self.target
+
+
+def search(
+    widths: WidthsFn,
+    cost: CostModel,
+    target: float,
+    kind: str = "macs",
+    tolerance: float = 0.01,
+    iterations: int = 40,
+) -> SearchResult:
+    """Bisect the knob t so that cost(widths(t)) / cost(dense) ≈ target (relative ``tolerance``).
+
+    Raises :class:`PruneError` when even t = 1 keeps more than the target allows.
+    """
+    lo, hi = 0.0, 1.0
+    full = cost.ratio(widths(hi), kind)
+    if full > target * (1 + tolerance):
+        raise PruneError(
+            f"the target of {target:.1%} of the {kind.upper() if kind == 'macs' else kind} cannot be reached: "
+            f"the smallest model this allocation allows keeps {full:.1%}; ask for a larger target or allow more pruning."
+        )
+    if cost.ratio(widths(lo), kind) <= target:
+        keep = widths(lo)
+        return SearchResult(keep, lo, cost.ratio(keep, kind), target, kind)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if cost.ratio(widths(mid), kind) > target:
+            lo = mid
+        else:
+            hi = mid
+    keep = widths(hi)
+    keep = _nudge(keep, cost, target, kind, tolerance)
+    return SearchResult(keep, hi, cost.ratio(keep, kind), target, kind)
+
+
+def _nudge(keep, cost, target, kind, tolerance) -> list[int]:
+    """Add back single channels while the cost stays ≤ target·(1+tol), closest to the target first.
+
+    Rounding can leave the bisection's answer further below the target than the tolerance; moving one
+    group at a time by one channel closes that gap. Adding channels never breaks a per-group floor.
+    """
+    keep = list(keep)
+    full = cost.graph.widths()
+    ratio = cost.ratio(keep, kind)
+    while abs(ratio - target) > tolerance * target:
+        best = None
+        for g, (k, n) in enumerate(zip(keep, full)):
+            if k >= n:
+                continue
+            keep[g] += 1
+            r = cost.ratio(keep, kind)
+            keep[g] -= 1
+            if r <= target * (1 + tolerance) and (best is None or r > best[0]):
+                best = (r, g)
+        if best is None:
+            break
+        ratio, g = best
+        keep[g] += 1
+    return keep
