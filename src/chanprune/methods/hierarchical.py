@@ -1,0 +1,162 @@
+"""Hierarchical pruning (Zhou et al., arXiv 2206.03596; reconstruction in methods.md §2).
+
+Stages, in the paper's order:
+  analysis    K_l = 𝒢_lᵀ𝒢_l per group, effective filters k_l (§1)
+  layer level widths k_l ≤ n'_l ≤ n_l meeting the MAC/params target —
+              ``proportional``: n'_l(t) = n_l − round(t·(n_l − k_l)), t bisected (rates ∝ ρ_l^max);
+              ``greedy``: remove one filter at a time where the residual energy (pivot diagonal,
+              normalised by tr K_l) per MAC saved is least
+  filter level keep the first n'_l pivots of pivoted Cholesky on K_l (= column-pivoted QR of 𝒢_l):
+              zero columns and (near) linear combinations of kept columns go last; ties by larger L1
+  surgery     Torch-Pruning removal, verified against the masked original
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from .. import allocation as alloc
+from ..analysis.effective import AnalysisConfig, analyze
+from ..api import PruneSession, register_method
+from ..config import PruneConfig
+from ..criteria.magnitude import l1
+from ..errors import ConfigError, OverPruneError
+from ..graph import resolve_round_to
+
+
+@dataclass
+class HierarchicalConfig(PruneConfig):
+    """Layer budgets from effective-filter analysis, then filters by pivoted Cholesky on K_l."""
+
+    method: ClassVar[str] = "hierarchical"
+    allocations: ClassVar[tuple[str, ...]] = ("proportional", "greedy")
+    allocation: str = "proportional"
+    selector: str = "pivoted_cholesky"
+    allow_exceed: bool = False
+    calibration: int = 512
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.selector not in ("pivoted_cholesky", "l1"):
+            raise ConfigError(f"selector must be 'pivoted_cholesky' or 'l1', not {self.selector!r}.")
+        if isinstance(self.analysis, dict):
+            self.analysis = AnalysisConfig(**self.analysis)
+
+
+def pivoted_cholesky(gram: torch.Tensor, tiebreak: torch.Tensor | None = None, rel_tol: float = 1e-10):
+    """Pivot order of K = 𝒢ᵀ𝒢 and each pivot's residual diagonal (the energy it adds).
+
+    Greedy column-pivoted QR of 𝒢 done on K: at step j pick the column with the largest residual
+    diagonal d_i = K_ii − Σ_{m<j} L_im² (ties within ``rel_tol``·max d → larger ``tiebreak``).
+    Columns whose residual is ≈ 0 (zero, copies, combinations of chosen ones) come last, by tiebreak.
+    """
+    k = gram.double()
+    n = k.shape[0]
+    tiebreak = torch.zeros(n, dtype=torch.float64) if tiebreak is None else tiebreak.double().cpu()
+    d = torch.diagonal(k).clone().cpu()
+    scale = float(d.max()) if n else 0.0
+    tol = rel_tol * scale if scale > 0 else 0.0
+    lower = torch.zeros(n, n, dtype=torch.float64)
+    k = k.cpu()
+    remaining = torch.ones(n, dtype=torch.bool)
+    order, residual = [], []
+    for j in range(n):
+        cand = torch.where(remaining)[0]
+        best = d[cand].max()
+        if best <= tol:
+            rest = cand[torch.argsort(tiebreak[cand], descending=True, stable=True)]
+            order += rest.tolist()
+            residual += d[rest].clamp_min(0).tolist()
+            break
+        near = cand[d[cand] >= best - tol]
+        p = int(near[torch.argmax(tiebreak[near])]) if len(near) > 1 else int(near[0])
+        order.append(p)
+        residual.append(float(d[p]))
+        remaining[p] = False
+        pivot = d[p].sqrt()
+        rest = torch.where(remaining)[0]
+        col = (k[rest, p] - lower[rest, :j] @ lower[p, :j]) / pivot
+        lower[rest, j] = col
+        lower[p, j] = pivot
+        d[rest] -= col**2
+    return order, torch.tensor(residual, dtype=torch.float64)
+
+
+def _proportional(channels, floor, round_to, exceed: bool):
+    if not exceed:
+        return alloc.uniform(channels, round_to=round_to, floor=floor)
+    # beyond the analysis: keep cutting in proportion to redundancy n_l − k_l, down to one channel
+    reach = max(((n - 1) / (n - k) for n, k in zip(channels, floor) if n > k), default=1.0)
+
+    def widths(s: float) -> list[int]:
+        t = s * max(1.0, reach)
+        return [max(1, resolve_round_to(n - round(t * (n - k)), n, round_to)) for n, k in zip(channels, floor)]
+
+    return widths
+
+
+def _greedy(session, floor, residuals, exceed: bool):
+    """Removal sequence sorted by (residual energy / trace K_l) / MACs saved per channel of the group."""
+    channels = session.channels
+    full = session.cost(channels)[0]
+    steps = []
+    for gi, (n, k) in enumerate(zip(channels, floor)):
+        one_less = channels.copy()
+        one_less[gi] -= 1
+        saved = max(full - session.cost(one_less)[0], 1e-12)
+        trace = float(residuals[gi].sum()) or 1.0
+        low = 1 if exceed else k
+        # the pivot order is kept front-to-back, so removals go back-to-front
+        for pos in range(n - 1, low - 1, -1):
+            steps.append((float(residuals[gi][pos]) / trace / saved, gi, pos))
+    steps.sort()
+
+    def widths(t: float) -> list[int]:
+        keep = channels.copy()
+        for _, gi, _pos in steps[: int(round(t * len(steps)))]:
+            keep[gi] -= 1
+        return [resolve_round_to(k, n, session.config.round_to) for k, n in zip(keep, channels)]
+
+    return widths
+
+
+def hierarchical_planner(session: PruneSession) -> dict[int, list[int]]:
+    cfg: HierarchicalConfig = session.config
+    result = analyze(session.work, session.batches, cfg.analysis, example_inputs=session.example_inputs, graph=session.graph)
+    floor = result.effective
+    target = cfg.target
+    if target is not None:
+        kind, value = target
+        most = result.max_compression_macs if kind == "macs" else result.max_compression_params
+        if 1 - value > most + 1e-9 and not cfg.allow_exceed:
+            raise OverPruneError(
+                f"the target keeps {value:.1%} of the {kind}, but the analysis says at most {most:.1%} can be removed "
+                f"(every layer keeps its effective filters); ask for a target of at least {1 - most:.1%}, "
+                "or pass allow_exceed=True to prune beyond the analysis."
+            )
+    tiebreaks = [l1(g, session.scores) for g in session.graph.groups]
+    orders, residuals = [], []
+    for g, tb in zip(session.graph.groups, tiebreaks):
+        order, residual = pivoted_cholesky(result.grams[g.index], tb)
+        orders.append(order)
+        residuals.append(residual)
+    if cfg.allocation == "greedy":
+        widths = _greedy(session, floor, residuals, cfg.allow_exceed)
+    else:
+        widths = _proportional(session.channels, floor, cfg.round_to, cfg.allow_exceed)
+    keep = session.allocate(widths)
+    session.notes["analysis"] = {
+        "reading": cfg.analysis.reading, "rule": cfg.analysis.rule, "threshold": cfg.analysis.threshold,
+        "samples": result.samples, "effective": floor,
+        "max_compression_macs": result.max_compression_macs,
+        "max_compression_params": result.max_compression_params, "seconds": result.seconds,
+    }
+    if cfg.selector == "l1":
+        return session.remove_lowest(tiebreaks, keep)
+    return {g.index: sorted(order[k:]) for g, order, k in zip(session.graph.groups, orders, keep)}
+
+
+register_method(HierarchicalConfig, hierarchical_planner)
