@@ -17,6 +17,7 @@ all-reduced across processes.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -76,6 +77,20 @@ def gate_sites(graph: PruningGraph, group: ChannelGroup) -> list[tuple[nn.Module
                     break
         sites.append((site, idxs, root))
     return sites
+
+
+@contextlib.contextmanager
+def activation_gradients_only(model: nn.Module):
+    """Freeze the parameters for one analysis: the backward pass then computes activation gradients
+    only (what every reading needs) and skips the weight gradients a training step would compute."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def _per_channel(x: torch.Tensor) -> torch.Tensor:
@@ -139,26 +154,25 @@ def collect_gate_gradients(
     handles = [m.register_forward_hook(forward_hook) for m in by_module]
     generator = torch.Generator(device="cpu").manual_seed(seed)
     try:
-        for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            model.zero_grad(set_to_none=True)
-            logits = model(x)
-            if labels == "sampled":
-                probs = F.softmax(logits.detach().float().cpu(), dim=1)
-                y = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(device)
-            loss = F.cross_entropy(logits, y, reduction="sum")
-            loss.backward()
-            for gi, block in blocks.items():
-                if not torch.isfinite(block).all():
-                    raise AnalysisError(
-                        f"gradients of group {graph.groups[gi].name!r} contain NaN or inf; check the model's weights and the input normalisation."
-                    )
-                stats[gi].add(block, keep_rows=keep_rows)
-            blocks.clear()
+        with activation_gradients_only(model):
+            for x, y in batches:
+                x, y = x.to(device).requires_grad_(True), y.to(device)
+                logits = model(x)
+                if labels == "sampled":
+                    probs = F.softmax(logits.detach().float().cpu(), dim=1)
+                    y = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(device)
+                F.cross_entropy(logits, y, reduction="sum").backward()
+                for gi, block in blocks.items():
+                    if not torch.isfinite(block).all():
+                        raise AnalysisError(
+                            f"gradients of group {graph.groups[gi].name!r} contain NaN or inf; "
+                            "check the model's weights and the input normalisation."
+                        )
+                    stats[gi].add(block, keep_rows=keep_rows)
+                blocks.clear()
     finally:
         for h in handles:
             h.remove()
-        model.zero_grad(set_to_none=True)
     return stats
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import AnalysisError
 from ..graph import PruningGraph
-from .gradients import GramStats, collect_gate_gradients
+from .gradients import GramStats, activation_gradients_only, collect_gate_gradients
 
 READINGS = ("gate", "consumer_weight", "producer_weight", "feature")
 
@@ -84,40 +84,39 @@ def collect_weight_gradients(
     handles = [m.register_forward_hook(fwd) for m in watch]
     generator = torch.Generator().manual_seed(seed)
     try:
-        for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            model.zero_grad(set_to_none=True)
-            logits = model(x)
-            if labels == "sampled":
-                y = torch.multinomial(F.softmax(logits.detach().float().cpu(), 1), 1, generator=generator).squeeze(1).to(device)
-            F.cross_entropy(logits, y, reduction="sum").backward()
-            grams = {gi: torch.zeros_like(stats[gi].gram) for gi in chosen}
-            for module, uses in captured.items():
-                for inp, grad in uses:
-                    dw = _per_sample_weight_grad(module, inp, grad).double()  # B × O × I × k²
-                    for gi, member in watch[module]:
-                        n = graph.groups[gi].channels
-                        idxs = torch.as_tensor(member.idxs, device=device)
-                        root = torch.as_tensor(member.root_idxs, device=device)
-                        if side == "consumer":
-                            cols = dw.index_select(2, idxs)                  # B × O × m × k²
-                            cols = cols.permute(0, 2, 1, 3).flatten(2)       # B × m × (O·k²)
-                        else:
-                            cols = dw.index_select(1, idxs).flatten(2)       # B × m × (I·k²)
-                        # several member indices may map to one root channel (flatten): stack them as rows
-                        block = _stack_by_root(cols, root, n)               # B × n × rows
-                        grams[gi] += torch.einsum("bfr,bgr->fg", block, block)
-                        stats[gi].col_sum += block.sum(2).sum(0)
-            for gi in chosen:
-                if not torch.isfinite(grams[gi]).all():
-                    raise AnalysisError(f"gradients of group {graph.groups[gi].name!r} contain NaN or inf; check the weights and input normalisation.")
-                stats[gi].gram += grams[gi]
-                stats[gi].n_samples += x.shape[0]
-            captured.clear()
+        with activation_gradients_only(model):
+            for x, y in batches:
+                x, y = x.to(device).requires_grad_(True), y.to(device)
+                logits = model(x)
+                if labels == "sampled":
+                    y = torch.multinomial(F.softmax(logits.detach().float().cpu(), 1), 1, generator=generator).squeeze(1).to(device)
+                F.cross_entropy(logits, y, reduction="sum").backward()
+                grams = {gi: torch.zeros_like(stats[gi].gram) for gi in chosen}
+                for module, uses in captured.items():
+                    for inp, grad in uses:
+                        dw = _per_sample_weight_grad(module, inp, grad).double()  # B × O × I × k²
+                        for gi, member in watch[module]:
+                            n = graph.groups[gi].channels
+                            idxs = torch.as_tensor(member.idxs, device=device)
+                            root = torch.as_tensor(member.root_idxs, device=device)
+                            if side == "consumer":
+                                cols = dw.index_select(2, idxs)                  # B × O × m × k²
+                                cols = cols.permute(0, 2, 1, 3).flatten(2)       # B × m × (O·k²)
+                            else:
+                                cols = dw.index_select(1, idxs).flatten(2)       # B × m × (I·k²)
+                            # several member indices may map to one root channel (flatten): stack them as rows
+                            block = _stack_by_root(cols, root, n)               # B × n × rows
+                            grams[gi] += torch.einsum("bfr,bgr->fg", block, block)
+                            stats[gi].col_sum += block.sum(2).sum(0)
+                for gi in chosen:
+                    if not torch.isfinite(grams[gi]).all():
+                        raise AnalysisError(f"gradients of group {graph.groups[gi].name!r} contain NaN or inf; check the weights and input normalisation.")
+                    stats[gi].gram += grams[gi]
+                    stats[gi].n_samples += x.shape[0]
+                captured.clear()
     finally:
         for h in handles:
             h.remove()
-        model.zero_grad(set_to_none=True)
     return stats
 
 
