@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(VENV)/bin/chanprune demo
 
 test: $(STAMP)
-	$(PY) -m pytest -x -p no:cacheprovider tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -p no:cacheprovider tests
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

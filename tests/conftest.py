@@ -18,6 +18,12 @@ TINY_KWARGS = {
 SIZE = 12
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread_per_worker():
+    """Tests run in parallel processes (pytest -n 2): one torch thread each avoids oversubscribing the cores."""
+    torch.set_num_threads(1)
+
+
 def tiny(name: str, in_channels: int = 1, num_classes: int = 10, seed: int = 0):
     torch.manual_seed(seed)
     model = chanprune.create_model(name, num_classes=num_classes, in_channels=in_channels, **TINY_KWARGS.get(name, {}))

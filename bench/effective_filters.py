@@ -1,0 +1,222 @@
+"""Issue 4 benchmark: does the effective-filter analysis find the knee, and does hierarchical pruning win?
+
+    python bench/effective_filters.py resnet56 [--quick]
+
+For one shipped Fashion-MNIST checkpoint it writes bench/results/effective_<model>.json with
+  1. sweep:    accuracy without fine-tuning vs kept MACs (hierarchical, allow_exceed), the analysis'
+               estimated maximum, and the accuracy lost at the maximum and 15 points of MACs beyond it;
+  2. readings: the network maximum under each gradient reading, against the measured knee
+               (the smallest kept-MAC fraction whose no-fine-tune accuracy is within 1 point of dense);
+  3. methods:  hierarchical vs uniform L1, global L1, Taylor and HRank at 50/33/25 % of the MACs —
+               no fine-tune and after the same short fine-tune;
+  4. cost:     analysis wall time on 512 samples / one plain forward+backward pass over them, next to
+               one HRank feature-rank pass; resident memory after each of 5 repeated analyses.
+Fairness: every method gets the same checkpoint, MAC target, 512 calibration images, the same BatchNorm
+re-estimation (20 batches of 64 training images) before the no-fine-tune accuracy, and the same
+fine-tune (1 epoch over a fixed 5,000-image training subset, lr 0.01, cosine). Accuracy is on a fixed
+stratified 2,000-image subset of the test split (seed 0). Threads: 1 per process.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import chanprune
+from chanprune._atomic import write_text_atomic
+from chanprune.analysis import AnalysisConfig, analyze
+from chanprune.config import HRankConfig, L1Config, TaylorConfig
+from chanprune.engine import evaluate, finetune, recalibrate_bn
+from chanprune.errors import ChanpruneError
+from chanprune.methods.hierarchical import HierarchicalConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CALIBRATION = 512
+TEST_SUBSET = 2000
+FT_IMAGES = 5000
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class Bench:
+    def __init__(self, model_name: str, quick: bool):
+        self.model_name = model_name
+        self.data = chanprune.load_data("fashion_mnist")
+        self.model = chanprune.load(ROOT / "checkpoints" / f"{model_name}_fashion_mnist" / "model").eval()
+        self.test = [(self.data.normalize(x_u8), y) for x_u8, y in self._test_batches()]
+        self.quick = quick
+
+    def _test_batches(self):
+        subset = self.data.test.subset(TEST_SUBSET, seed=0)
+        for i in range(0, len(subset), 500):
+            yield subset.images[i : i + 500], subset.labels[i : i + 500]
+
+    def accuracy(self, model) -> float:
+        return evaluate(model, self.test)["accuracy"]
+
+    def recover(self, model):
+        recalibrate_bn(model, self.data, num_batches=20, batch_size=64)
+        return model.eval()
+
+    def prune(self, config):
+        t0 = time.perf_counter()
+        pruned = chanprune.prune(self.model, config, data=self.data)
+        seconds = time.perf_counter() - t0
+        record = pruned.chanprune_history[-1]
+        raw = self.accuracy(pruned)
+        self.recover(pruned)
+        return pruned, {"macs_ratio": record["macs"]["ratio"], "params_ratio": record["params"]["ratio"],
+                        "accuracy_raw": raw, "accuracy_no_finetune": self.accuracy(pruned), "prune_seconds": seconds,
+                        "verified": record["verified"], "analysis": record.get("analysis")}
+
+    def finetuned(self, pruned) -> float:
+        model = copy.deepcopy(pruned)
+        finetune(model, self.data, epochs=1, lr=0.01, limit_train=FT_IMAGES, progress=False, eval_each_epoch=False)
+        return self.accuracy(model.eval())
+
+
+def knee(dense: float, sweep: list[dict]) -> float | None:
+    """Smallest kept-MAC fraction whose no-fine-tune accuracy is within 1 point of dense."""
+    ok = [r["macs_ratio"] for r in sweep if r["accuracy_no_finetune"] >= dense - 1.0]
+    return min(ok) if ok else None
+
+
+def interpolate(sweep: list[dict], keep: float) -> float | None:
+    pts = sorted((r["macs_ratio"], r["accuracy_no_finetune"]) for r in sweep)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= keep <= x1:
+            return y0 + (y1 - y0) * (keep - x0) / (x1 - x0) if x1 > x0 else y0
+    return None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("--quick", action="store_true", help="fewer points, no fine-tune (smoke check)")
+    p.add_argument("--parts", default="cost,sweep,readings,methods")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    parts = set(args.parts.split(","))
+    b = Bench(args.model, args.quick)
+    out = {"model": args.model, "data": "fashion_mnist", "calibration": CALIBRATION, "test_subset": TEST_SUBSET,
+           "finetune": {"epochs": 1, "images": FT_IMAGES, "lr": 0.01}, "bn_recalibration": {"batches": 20, "batch_size": 64},
+           "threads": 1, "versions": {"torch": torch.__version__, "chanprune": chanprune.__version__, "python": platform.python_version()}}
+    dense = b.accuracy(b.model)
+    out["dense_accuracy"] = dense
+    path = ROOT / "bench" / "results" / f"effective_{args.model}{'_quick' if args.quick else ''}.json"
+    save = lambda: write_text_atomic(path, json.dumps(out, indent=1))  # noqa: E731
+
+    x, y = b.data.calibration(CALIBRATION, seed=0)
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
+    base_cfg = AnalysisConfig(samples=CALIBRATION)
+    result = analyze(b.model, batches, base_cfg)
+    out["analysis"] = result.to_dict(spectra=False)
+    out["curve"] = result.curve([0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999])
+    r_max = result.max_compression_macs
+    save()
+
+    if "cost" in parts:
+        from chanprune.analysis.gradients import collect_features
+        from chanprune.criteria.data_driven import map_rank
+        from chanprune.graph import PruningGraph
+
+        graph = PruningGraph(b.model, x[:1])
+
+        def plain():
+            for xb, yb in batches:
+                b.model.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(b.model(xb), yb, reduction="sum").backward()
+            b.model.zero_grad(set_to_none=True)
+
+        def hrank():
+            collect_features(b.model, graph, batches, lambda o: map_rank(o.clamp_min(0)))
+
+        def ana():
+            analyze(b.model, batches, base_cfg, graph=graph)
+
+        times = {"plain": [], "analysis": [], "hrank": []}
+        rss = []
+        for _ in range(3 if args.quick else 5):  # interleaved
+            for name, fn in (("plain", plain), ("analysis", ana), ("hrank", hrank)):
+                gc.collect()
+                t0 = time.perf_counter(); fn(); times[name].append(time.perf_counter() - t0)
+            rss.append(rss_mb())
+        med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+        out["cost"] = {"samples": CALIBRATION, "median_seconds": med, "analysis_over_plain": med["analysis"] / med["plain"],
+                       "hrank_over_plain": med["hrank"] / med["plain"], "rss_mb_after_each_round": rss, "all_seconds": times}
+        save()
+
+    if "sweep" in parts:
+        keeps = [0.9, 0.7, 0.5, 0.3] if args.quick else [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.33, 0.25]
+        marks = [1 - r_max, max(0.05, 1 - r_max - 0.15)]
+        sweep = []
+        for keep in sorted(set([round(k, 4) for k in keeps + marks]), reverse=True):
+            try:
+                _, r = b.prune(HierarchicalConfig(target_macs=keep, calibration=CALIBRATION, allow_exceed=True))
+            except ChanpruneError as exc:
+                r = {"error": str(exc)}
+            sweep.append({"target": keep, **{k: v for k, v in r.items() if k != "analysis"}})
+            save_sweep = [s for s in sweep if "error" not in s]
+            out["sweep"] = sweep
+            save()
+        good = [s for s in sweep if "error" not in s]
+        at_max = next((s for s in good if abs(s["target"] - marks[0]) < 1e-4), None)
+        beyond = next((s for s in good if abs(s["target"] - marks[1]) < 1e-4), None)
+        out["knee"] = {"estimated_max_kept_macs": 1 - r_max, "measured_knee_kept_macs": knee(dense, good),
+                       "accuracy_lost_at_max": None if at_max is None else dense - at_max["accuracy_no_finetune"],
+                       "accuracy_lost_15_beyond": None if beyond is None else dense - beyond["accuracy_no_finetune"]}
+        save()
+
+    if "readings" in parts:
+        rows = []
+        for reading in ("gate", "consumer_weight", "producer_weight", "feature"):
+            cfg = AnalysisConfig(samples=CALIBRATION if reading == "gate" else 256, reading=reading)
+            t0 = time.perf_counter()
+            r = analyze(b.model, batches[: cfg.samples // 64], cfg)
+            curve = r.curve([0.9, 0.95, 0.99, 0.999])
+            rows.append({"reading": reading, "samples": cfg.samples, "seconds": time.perf_counter() - t0,
+                         "max_kept_macs_by_threshold": {str(c["threshold"]): 1 - c["max_compression_macs"] for c in curve}})
+            out["readings"] = rows
+            save()
+        k = out.get("knee", {}).get("measured_knee_kept_macs")
+        if k is not None:
+            for row in rows:
+                row["error_vs_knee_at_0.99"] = row["max_kept_macs_by_threshold"]["0.99"] - k
+        save()
+
+    if "methods" in parts:
+        methods = {
+            "hierarchical": lambda t: HierarchicalConfig(target_macs=t, calibration=CALIBRATION, allow_exceed=True),
+            "l1_uniform": lambda t: L1Config(target_macs=t, calibration=CALIBRATION),
+            "l1_global": lambda t: L1Config(target_macs=t, allocation="global", calibration=CALIBRATION),
+            "taylor": lambda t: TaylorConfig(target_macs=t, calibration=CALIBRATION),
+            "hrank": lambda t: HRankConfig(target_macs=t, calibration=CALIBRATION),
+        }
+        rows = []
+        for target in ([0.5] if args.quick else [0.5, 0.33, 0.25]):
+            for name, make in methods.items():
+                try:
+                    pruned, r = b.prune(make(target))
+                    r.pop("analysis", None)
+                    r["accuracy_finetuned"] = None if args.quick else b.finetuned(pruned)
+                except ChanpruneError as exc:
+                    r = {"error": str(exc)}
+                rows.append({"target": target, "method": name, **r})
+                out["methods"] = rows
+                save()
+    print(json.dumps({k: out.get(k) for k in ("model", "dense_accuracy", "knee")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

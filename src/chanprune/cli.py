@@ -1,0 +1,326 @@
+"""The ``chanprune`` command: train | evaluate | analyze | prune | finetune | info | bench | demo.
+
+Every command prints a table and writes a JSON record (model, data, method, config, seed, MACs,
+params, accuracy, latency, wall time, versions). Errors chanprune raises on purpose are printed as
+one sentence (exit status 2), never as a stack trace.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Channel pruning for trained PyTorch CNNs: analysis, hierarchical pruning, measured results.")
+console = Console()
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "resnet56_fashion_mnist" / "model"
+
+
+def versions() -> dict:
+    import torch
+    import torch_pruning
+
+    import chanprune
+
+    return {"chanprune": chanprune.__version__, "torch": torch.__version__, "torch_pruning": getattr(torch_pruning, "__version__", "?"),
+            "python": platform.python_version(), "machine": platform.machine()}
+
+
+def write_record(path: Path, record: dict) -> Path:
+    from ._atomic import write_text_atomic
+
+    record = {**record, "versions": versions()}
+    write_text_atomic(path, json.dumps(record, indent=1, default=str))
+    return path
+
+
+def _load_model(path: str):
+    import chanprune
+
+    p = Path(path)
+    if not (p.exists() or p.with_suffix(".json").exists() or Path(str(p) + ".json").exists()):
+        from .errors import LoadError
+
+        raise LoadError(f"no saved model at {path!r}; pass the stem written by chanprune (e.g. checkpoints/resnet56_fashion_mnist/model).")
+    return chanprune.load(path)
+
+
+def _data(name: str, root: Optional[str]):
+    import chanprune
+
+    return chanprune.load_data(name, root=root) if root else chanprune.load_data(name)
+
+
+def _ratio(name: str, value: Optional[float]) -> None:
+    from .errors import ConfigError
+
+    if value is not None and not (0 <= value < 1):
+        raise ConfigError(f"--{name} must lie in [0, 1), got {value}.")
+
+
+def _kv_table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> Table:
+    t = Table(title=title)
+    for i, h in enumerate(header):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def _fmt_m(x: float) -> str:
+    return f"{x / 1e6:.2f}M"
+
+
+# ----------------------------------------------------------------------------------------------- info
+@app.command()
+def info(target: Optional[str] = typer.Argument(None, help="a saved model stem; omit to list the zoo and data sets")):
+    """List the model zoo and data sets, or describe a saved model (spec, MACs, params, history)."""
+    import chanprune
+
+    if target is None:
+        from .models import model_info
+
+        console.print(_kv_table("Model zoo", [(n, model_info(n).get("family", ""), model_info(n).get("description", "")) for n in chanprune.list_models()],
+                                ("name", "family", "description")))
+        console.print("Data sets: " + ", ".join(chanprune.list_datasets()))
+        return
+    from .io import read_spec
+    from .measure import count_macs_params
+
+    spec = read_spec(target)
+    model = _load_model(target)
+    data_name = (spec.get("extra") or {}).get("data")
+    shape = (1, spec["kwargs"].get("in_channels", 3), 28, 28) if data_name in ("fashion_mnist", "mnist") else None
+    rows = [("name", spec["name"]), ("kwargs", json.dumps(spec["kwargs"])), ("data", str(data_name))]
+    if shape:
+        import torch
+
+        macs, params = count_macs_params(model, torch.zeros(shape))
+        rows += [("MACs", _fmt_m(macs)), ("params", _fmt_m(params))]
+    rows.append(("history", f"{len(spec.get('history') or [])} step(s)"))
+    console.print(_kv_table(f"Saved model {target}", rows, ("field", "value")))
+
+
+# ---------------------------------------------------------------------------------------------- train
+@app.command()
+def train(model: str = typer.Argument(..., help="zoo name, e.g. resnet20"),
+          data: str = typer.Option("fashion_mnist", help="data set name"),
+          root: Optional[str] = typer.Option(None, help="folder with the data set's files"),
+          epochs: int = typer.Option(3), lr: float = typer.Option(0.1), batch_size: int = typer.Option(128),
+          limit: Optional[int] = typer.Option(None, help="train on a stratified subset of this many images"),
+          seed: int = typer.Option(0), out: str = typer.Option("runs/train", help="output folder")):
+    """Train a zoo model from scratch (resumable: rerun the same command after an interruption)."""
+    import chanprune
+    from .engine import TrainConfig
+
+    t0 = time.time()
+    bundle = _data(data, root)
+    net = chanprune.create_model(model, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, limit_train=limit)
+    history = chanprune.train(net, bundle, cfg, checkpoint_dir=Path(out) / "state")
+    chanprune.save(net, Path(out) / "model", extra={"data": data})
+    result = chanprune.measure(net, bundle, repeats=10)
+    record = {"command": "train", "model": model, "data": data, "config": cfg.as_dict(), "seed": seed, **result,
+              "wall_seconds": time.time() - t0, "history": history.get("epochs")}
+    path = write_record(Path(out) / "record.json", record)
+    console.print(_kv_table("Trained", [("accuracy", f"{result['accuracy']:.2f}%"), ("MACs", _fmt_m(result["macs"])),
+                                        ("params", _fmt_m(result["params"])), ("model", str(Path(out) / "model")), ("record", str(path))], ("", "")))
+
+
+# ------------------------------------------------------------------------------------------- evaluate
+@app.command()
+def evaluate(model: str = typer.Argument(..., help="saved model stem"), data: str = typer.Option("fashion_mnist"),
+             root: Optional[str] = typer.Option(None), out: Optional[str] = typer.Option(None, help="JSON record path")):
+    """Test accuracy, MACs, params and latency of a saved model."""
+    t0 = time.time()
+    net = _load_model(model)
+    bundle = _data(data, root)
+    import chanprune
+
+    result = chanprune.measure(net, bundle, repeats=10)
+    console.print(_kv_table(f"{model} on {data}", [("accuracy", f"{result['accuracy']:.2f}%"), ("MACs", _fmt_m(result["macs"])),
+                                                   ("params", _fmt_m(result["params"])),
+                                                   *[(f"latency bs={bs}", f"{ms:.2f} ms") for bs, ms in result["latency_ms"].items()]], ("", "")))
+    if out:
+        write_record(Path(out), {"command": "evaluate", "model": model, "data": data, **result, "wall_seconds": time.time() - t0})
+
+
+# -------------------------------------------------------------------------------------------- analyze
+@app.command()
+def analyze(model: str = typer.Argument(..., help="saved model stem"), data: str = typer.Option("fashion_mnist"),
+            root: Optional[str] = typer.Option(None), reading: str = typer.Option("gate"), labels: str = typer.Option("true"),
+            rule: str = typer.Option("energy"), threshold: Optional[float] = typer.Option(0.99),
+            samples: int = typer.Option(512), out: str = typer.Option("runs/analyze")):
+    """Effective filters per group, maximum safe rates and the network's maximum compression."""
+    import chanprune
+    from .analysis import AnalysisConfig
+
+    cfg = AnalysisConfig(reading=reading, labels=labels, rule=rule, threshold=threshold, samples=samples)
+    net = _load_model(model)
+    bundle = _data(data, root)
+    result = chanprune.analyze(net, bundle, cfg)
+    console.print(result.table())
+    out_dir = Path(out)
+    result.save_json(out_dir / "analysis.json")
+    plots = result.plot(out_dir)
+    curve = result.curve([0.9, 0.95, 0.98, 0.99, 0.995, 0.999], rule="energy")
+    write_record(out_dir / "curve.json", {"model": model, "data": data, "curve": curve})
+    console.print(f"wrote {out_dir / 'analysis.json'}, {out_dir / 'curve.json'}, " + ", ".join(str(p) for p in plots))
+
+
+# ---------------------------------------------------------------------------------------------- prune
+def method_config(method: str, **kwargs):
+    """The config object for a method name (criterion names, 'hierarchical', and whatever else is registered)."""
+    from . import api
+    from .errors import ConfigError
+
+    if method not in api.METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(sorted(api.METHODS))}.")
+    cls = api.METHODS[method][0]
+    return cls(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def run_prune(net, bundle, cfg, *, finetune_epochs: float, finetune_limit: Optional[int], out: Path, label: str, repeats: int = 20):
+    """Prune, optionally fine-tune, measure before/after interleaved; write the pruned model and the record."""
+    import copy
+
+    import chanprune
+
+    t0 = time.time()
+    dense_acc = chanprune.evaluate(net, bundle)["accuracy"]
+    pruned = chanprune.prune(net, cfg, data=bundle)
+    prune_seconds = time.time() - t0
+    record = dict(pruned.chanprune_history[-1])
+    acc_no_ft = chanprune.evaluate(pruned, bundle)["accuracy"]
+    ft = None
+    if finetune_epochs > 0:
+        tft = time.time()
+        ft = chanprune.finetune(pruned, bundle, epochs=max(1, int(round(finetune_epochs))), lr=0.01, limit_train=finetune_limit,
+                                progress=True)
+        ft = {"epochs": finetune_epochs, "limit": finetune_limit, "seconds": time.time() - tft}
+    result = chanprune.measure(pruned, bundle, baseline=net, repeats=repeats, accuracy=True)
+    pruned.chanprune_history[-1].update({"accuracy_no_finetune": acc_no_ft, "finetune": ft, "accuracy": result["accuracy"]})
+    chanprune.save(pruned, out / "model", history=pruned.chanprune_history, extra={"data": bundle.name})
+    full = {"command": "prune", "label": label, "model": getattr(net, "chanprune_spec", {}).get("name"), "data": bundle.name,
+            "method": cfg.method, "config": cfg.to_dict(), "seed": cfg.seed,
+            "dense": {"accuracy": dense_acc, "macs": result["baseline"]["macs"], "params": result["baseline"]["params"],
+                      "latency_ms": result["baseline"]["latency_ms"]},
+            "pruned": {"accuracy_no_finetune": acc_no_ft, "accuracy": result["accuracy"], "macs": result["macs"], "params": result["params"],
+                       "latency_ms": result["latency_ms"]},
+            "speedup": result.get("speedup"), "finetune": ft, "prune_seconds": prune_seconds, "record": record,
+            "wall_seconds": time.time() - t0}
+    write_record(out / "record.json", full)
+    rows = [
+        ("accuracy", f"{dense_acc:.2f}%", f"{acc_no_ft:.2f}% (no fine-tune)" + (f" → {result['accuracy']:.2f}%" if ft else "")),
+        ("MACs", _fmt_m(result["baseline"]["macs"]), f"{_fmt_m(result['macs'])} ({result['macs'] / result['baseline']['macs']:.1%})"),
+        ("params", _fmt_m(result["baseline"]["params"]), f"{_fmt_m(result['params'])} ({result['params'] / result['baseline']['params']:.1%})"),
+    ]
+    for bs, x in (result.get("speedup") or {}).items():
+        rows.append((f"latency bs={bs}", f"{result['baseline']['latency_ms'][bs]:.2f} ms", f"{result['latency_ms'][bs]:.2f} ms ({x:.2f}× faster)"))
+    console.print(_kv_table(f"{label}: before / after", rows, ("", "before", "after")))
+    if record.get("warning"):
+        console.print(f"[yellow]warning:[/yellow] {record['warning']}")
+    console.print(f"wrote {out / 'model.json'}, {out / 'model.safetensors'}, {out / 'record.json'}")
+    return pruned, full
+
+
+@app.command()
+def prune(model: str = typer.Argument(..., help="saved model stem"), data: str = typer.Option("fashion_mnist"),
+          root: Optional[str] = typer.Option(None), method: str = typer.Option("hierarchical", help="l1, l2, bn_scale, taylor, fpgm, hrank, random, hierarchical, ..."),
+          target_macs: Optional[float] = typer.Option(None, help="fraction of MACs to keep, e.g. 0.5"),
+          target_params: Optional[float] = typer.Option(None), ratio: Optional[float] = typer.Option(None, help="fraction of channels to remove per group"),
+          allocation: Optional[str] = typer.Option(None), round_to: Optional[int] = typer.Option(None),
+          calibration: Optional[int] = typer.Option(None, help="calibration images"), recover: Optional[str] = typer.Option(None, help="none | bn | compensate"),
+          allow_exceed: bool = typer.Option(False, help="hierarchical: prune beyond the analysis maximum"),
+          finetune_epochs: float = typer.Option(0.0), finetune_limit: Optional[int] = typer.Option(None),
+          seed: int = typer.Option(0), out: str = typer.Option("runs/prune")):
+    """Prune a saved model to a MAC/params target (or a ratio), measure it, save it."""
+    _ratio("ratio", ratio)
+    extra = {"allow_exceed": allow_exceed} if method == "hierarchical" else {}
+    cfg = method_config(method, target_macs=target_macs, target_params=target_params, ratio=ratio, allocation=allocation,
+                        round_to=round_to, calibration=calibration, recover=recover, seed=seed, **extra)
+    net = _load_model(model)
+    bundle = _data(data, root)
+    run_prune(net, bundle, cfg, finetune_epochs=finetune_epochs, finetune_limit=finetune_limit, out=Path(out), label=method)
+
+
+# ------------------------------------------------------------------------------------------- finetune
+@app.command()
+def finetune(model: str = typer.Argument(..., help="saved model stem"), data: str = typer.Option("fashion_mnist"),
+             root: Optional[str] = typer.Option(None), epochs: int = typer.Option(1), lr: float = typer.Option(0.01),
+             limit: Optional[int] = typer.Option(None), out: str = typer.Option("runs/finetune")):
+    """Fine-tune a saved (e.g. pruned) model; resumable."""
+    import chanprune
+
+    t0 = time.time()
+    net = _load_model(model)
+    bundle = _data(data, root)
+    before = chanprune.evaluate(net, bundle)["accuracy"]
+    chanprune.finetune(net, bundle, epochs=epochs, lr=lr, limit_train=limit, checkpoint_dir=Path(out) / "state")
+    after = chanprune.evaluate(net, bundle)["accuracy"]
+    chanprune.save(net, Path(out) / "model", history=getattr(net, "chanprune_history", None), extra={"data": data})
+    write_record(Path(out) / "record.json", {"command": "finetune", "model": model, "data": data, "epochs": epochs, "lr": lr,
+                                             "limit": limit, "accuracy_before": before, "accuracy": after, "wall_seconds": time.time() - t0})
+    console.print(_kv_table("Fine-tuned", [("accuracy", f"{before:.2f}% → {after:.2f}%")], ("", "")))
+
+
+# ---------------------------------------------------------------------------------------------- bench
+@app.command()
+def bench(model: str = typer.Argument(..., help="saved model stem"), baseline: Optional[str] = typer.Option(None, help="dense model stem to compare against"),
+          data: str = typer.Option("fashion_mnist"), root: Optional[str] = typer.Option(None), repeats: int = typer.Option(30),
+          out: Optional[str] = typer.Option(None)):
+    """Measure MACs, params, accuracy and CPU latency (dense and pruned interleaved)."""
+    import chanprune
+
+    net = _load_model(model)
+    base = _load_model(baseline) if baseline else None
+    bundle = _data(data, root)
+    result = chanprune.measure(net, bundle, baseline=base, repeats=repeats)
+    rows = [("accuracy", f"{result['accuracy']:.2f}%"), ("MACs", _fmt_m(result["macs"])), ("params", _fmt_m(result["params"]))]
+    rows += [(f"latency bs={bs}", f"{ms:.2f} ms") for bs, ms in result["latency_ms"].items()]
+    rows += [(f"speed-up bs={bs}", f"{x:.2f}×") for bs, x in (result.get("speedup") or {}).items()]
+    console.print(_kv_table(f"bench {model}", rows, ("", "")))
+    if out:
+        write_record(Path(out), {"command": "bench", "model": model, "baseline": baseline, "data": data, **result})
+
+
+# ----------------------------------------------------------------------------------------------- demo
+@app.command()
+def demo(checkpoint: str = typer.Option(str(DEFAULT_CHECKPOINT), help="saved model stem"), data: str = typer.Option("fashion_mnist"),
+         target_macs: float = typer.Option(0.5), method: str = typer.Option("hierarchical"),
+         finetune_limit: int = typer.Option(6000, help="images for the one short fine-tune epoch"),
+         out: str = typer.Option("runs/demo")):
+    """The main job: prune the shipped ResNet-56 (Fashion-MNIST) to 50% of its MACs, fine-tune briefly, report."""
+    t0 = time.time()
+    net = _load_model(checkpoint)
+    bundle = _data(data, None)
+    extra = {"allow_exceed": True} if method == "hierarchical" else {}
+    cfg = method_config(method, target_macs=target_macs, calibration=512 if method == "hierarchical" else None, **extra)
+    pruned, full = run_prune(net, bundle, cfg, finetune_epochs=1, finetune_limit=finetune_limit, out=Path(out), label=f"{method} → {target_macs:.0%} MACs")
+    analysis = full["record"].get("analysis")
+    if analysis:
+        console.print(f"analysis: network maximum safe compression {analysis['max_compression_macs']:.1%} of MACs "
+                      f"({analysis['reading']} reading, {analysis['rule']} {analysis['threshold']}, N={analysis['samples']})"
+                      + ("; the target goes beyond it (allow_exceed)" if 1 - target_macs > analysis["max_compression_macs"] else ""))
+    console.print(f"total wall time {time.time() - t0:.0f} s")
+
+
+def main() -> None:
+    from .errors import ChanpruneError
+
+    try:
+        app(standalone_mode=True)
+    except ChanpruneError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
