@@ -41,7 +41,7 @@ def zoo_section() -> str:
         "\n\nAccuracy is on the full 10,000-image test split of each data set (for Fashion-MNIST the fixed stratified "
         "split described under *Data sets*). MACs at the data's input size (28×28, 1 channel) by Torch-Pruning's counter. "
         "These were trained on this project's 2-core CPU machine with short schedules on training subsets, so they are "
-        "below the accuracy of a full schedule (≈93–94% for ResNets on Fashion-MNIST).")
+        "below what a full training schedule reaches.")
 
 
 def _pct(x) -> str:
