@@ -117,6 +117,10 @@ def prune(model: nn.Module, config: PruneConfig, data=None, *, example_inputs: t
     if config.method not in METHODS:
         raise ConfigError(f"no method is registered for {type(config).__name__}; known methods: {', '.join(sorted(METHODS))}.")
     planner = METHODS[config.method][1]
+    if getattr(config, "iterate", 1) > 1:
+        from .methods.hierarchical import prune_iteratively
+
+        return prune_iteratively(model, config, data, example_inputs)
     t0 = time.perf_counter()
     session = PruneSession(model, config, data, example_inputs)
     macs0, params0 = session.cost.macs, session.cost.params

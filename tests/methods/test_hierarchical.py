@@ -105,3 +105,19 @@ def test_pivoted_cholesky_puts_dependent_columns_last():
     assert sorted(order) == list(range(8))
     assert (residual[:5] > 1e-6).all() and (residual[5:].abs() < 1e-9).all()
     assert 6 in order[5:]  # the zero column is among the last
+
+
+def test_iterative_mode_reaches_target_in_steps():
+    model = chanprune.create_model("resnet20", num_classes=10, in_channels=1).eval()
+    x, y = calib(96)
+    cfg = HierarchicalConfig(target_macs=0.6, iterate=3, calibration=96, allow_exceed=True,
+                             analysis=AnalysisConfig(rule="energy", threshold=0.99))
+    pruned = chanprune.prune(model, cfg, data=(x, y), example_inputs=x[:1])
+    steps = [h for h in pruned.chanprune_history if "step" in h]
+    assert 1 <= len(steps) <= 3
+    total = 1.0
+    for h in steps:
+        total *= h["macs"]["ratio"]
+    assert abs(total - 0.6) <= 0.02 * 0.6
+    with pytest.raises(chanprune.ChanpruneError, match="iterate > 1 needs"):
+        HierarchicalConfig(ratio=0.3, iterate=2)

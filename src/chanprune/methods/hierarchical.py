@@ -35,6 +35,7 @@ class HierarchicalConfig(PruneConfig):
     allocation: str = "proportional"
     selector: str = "pivoted_cholesky"
     allow_exceed: bool = False
+    iterate: int = 1
     calibration: int = 512
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
@@ -44,6 +45,10 @@ class HierarchicalConfig(PruneConfig):
             raise ConfigError(f"selector must be 'pivoted_cholesky' or 'l1', not {self.selector!r}.")
         if isinstance(self.analysis, dict):
             self.analysis = AnalysisConfig(**self.analysis)
+        if not isinstance(self.iterate, int) or self.iterate < 1:
+            raise ConfigError(f"iterate must be a positive number of steps, not {self.iterate!r}.")
+        if self.iterate > 1 and self.target is None:
+            raise ConfigError("iterate > 1 needs target_macs or target_params, so each step knows how far to go.")
 
 
 def pivoted_cholesky(gram: torch.Tensor, tiebreak: torch.Tensor | None = None, rel_tol: float = 1e-10):
@@ -157,6 +162,31 @@ def hierarchical_planner(session: PruneSession) -> dict[int, list[int]]:
     if cfg.selector == "l1":
         return session.remove_lowest(tiebreaks, keep)
     return {g.index: sorted(order[k:]) for g, order, k in zip(session.graph.groups, orders, keep)}
+
+
+def prune_iteratively(model, config: HierarchicalConfig, data=None, example_inputs=None):
+    """K steps towards the target (geometric: the kept fraction after step s is target^(s/K)), re-analysing
+    the pruned model before each step; stops early when the analysis finds no redundancy left."""
+    from dataclasses import replace
+
+    from ..api import prune
+
+    kind, value = config.target
+    current, reached = model, 1.0
+    for step in range(1, config.iterate + 1):
+        goal = value ** (step / config.iterate)
+        relative = min(1.0, goal / reached)
+        step_cfg = replace(config, iterate=1, target_macs=relative if kind == "macs" else None,
+                           target_params=relative if kind == "params" else None)
+        nxt = prune(current, step_cfg, data, example_inputs=example_inputs)
+        record = nxt.chanprune_history[-1]
+        record["step"] = {"index": step, "of": config.iterate, "goal": goal}
+        reached *= record[kind]["ratio"]
+        current = nxt
+        if all(g["kept"] == g["channels"] for g in record["groups"]) and record["analysis"]["max_compression_" + kind] <= 1e-9:
+            record["step"]["stopped"] = "no redundancy left"
+            break
+    return current
 
 
 register_method(HierarchicalConfig, hierarchical_planner)
