@@ -7,7 +7,7 @@ For one shipped Fashion-MNIST checkpoint it writes bench/results/effective_<mode
                estimated maximum, and the accuracy lost at the maximum and 15 points of MACs beyond it;
   2. readings: the network maximum under each gradient reading, against the measured knee
                (the smallest kept-MAC fraction whose no-fine-tune accuracy is within 1 point of dense);
-  3. methods:  hierarchical vs uniform L1, global L1, Taylor and HRank at 50/33/25 % of the MACs —
+  3. methods:  hierarchical (proportional and greedy allocation) vs uniform L1, global L1, Taylor and HRank at 50/33/25 % of the MACs —
                no fine-tune and after the same short fine-tune;
   4. cost:     analysis wall time on 512 samples / one plain forward+backward pass over them, next to
                one HRank feature-rank pass; resident memory after each of 5 repeated analyses.
@@ -197,6 +197,8 @@ def main(argv=None) -> int:
     if "methods" in parts:
         methods = {
             "hierarchical": lambda t: HierarchicalConfig(target_macs=t, calibration=CALIBRATION, allow_exceed=True),
+            "hierarchical_greedy": lambda t: HierarchicalConfig(target_macs=t, calibration=CALIBRATION, allow_exceed=True,
+                                                                allocation="greedy"),
             "l1_uniform": lambda t: L1Config(target_macs=t, calibration=CALIBRATION),
             "l1_global": lambda t: L1Config(target_macs=t, allocation="global", calibration=CALIBRATION),
             "taylor": lambda t: TaylorConfig(target_macs=t, calibration=CALIBRATION),
