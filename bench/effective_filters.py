@@ -157,7 +157,7 @@ def main(argv=None) -> int:
         save()
 
     if "sweep" in parts:
-        keeps = [0.9, 0.7, 0.5, 0.3] if args.quick else [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.33, 0.25]
+        keeps = [0.9, 0.7, 0.5, 0.3] if args.quick else [0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.33, 0.25]
         marks = [1 - r_max, max(0.05, 1 - r_max - 0.15)]
         sweep = []
         for keep in sorted(set([round(k, 4) for k in keeps + marks]), reverse=True):
@@ -190,8 +190,10 @@ def main(argv=None) -> int:
             save()
         k = out.get("knee", {}).get("measured_knee_kept_macs")
         if k is not None:
-            for row in rows:
-                row["error_vs_knee_at_0.99"] = row["max_kept_macs_by_threshold"]["0.99"] - k
+            # which (reading, threshold) puts the estimated maximum closest to the measured knee?
+            best = min(((abs(v - k), row["reading"], t) for row in rows for t, v in row["max_kept_macs_by_threshold"].items()))
+            out["best_predictor"] = {"reading": best[1], "threshold": float(best[2]), "abs_error_kept_macs": best[0],
+                                     "knee_kept_macs": k}
         save()
 
     if "methods" in parts:
