@@ -187,28 +187,31 @@ def method_config(method: str, **kwargs):
     return cls(**{k: v for k, v in kwargs.items() if v is not None})
 
 
-def run_prune(net, bundle, cfg, *, finetune_epochs: float, finetune_limit: Optional[int], out: Path, label: str, repeats: int = 20):
-    """Prune, optionally fine-tune, measure before/after interleaved; write the pruned model and the record."""
-    import copy
+def run_prune(net, bundle, cfg, *, finetune_epochs: float, finetune_limit: Optional[int], out: Path, label: str, repeats: int = 20,
+              test_limit: Optional[int] = None):
+    """Prune, optionally fine-tune, measure before/after interleaved; write the pruned model and the record.
 
+    ``test_limit``: evaluate on a fixed stratified subset of the test split of this size (None: all of it).
+    """
     import chanprune
 
     t0 = time.time()
-    dense_acc = chanprune.evaluate(net, bundle)["accuracy"]
+    dense_acc = chanprune.evaluate(net, bundle, limit=test_limit)["accuracy"]
+    tp = time.time()
     pruned = chanprune.prune(net, cfg, data=bundle)
-    prune_seconds = time.time() - t0
+    prune_seconds = time.time() - tp
     record = dict(pruned.chanprune_history[-1])
-    acc_no_ft = chanprune.evaluate(pruned, bundle)["accuracy"]
+    acc_no_ft = chanprune.evaluate(pruned, bundle, limit=test_limit)["accuracy"]
     ft = None
     if finetune_epochs > 0:
         tft = time.time()
         ft = chanprune.finetune(pruned, bundle, epochs=max(1, int(round(finetune_epochs))), lr=0.01, limit_train=finetune_limit,
                                 progress=True)
         ft = {"epochs": finetune_epochs, "limit": finetune_limit, "seconds": time.time() - tft}
-    result = chanprune.measure(pruned, bundle, baseline=net, repeats=repeats, accuracy=True)
+    result = chanprune.measure(pruned, bundle, baseline=net, repeats=repeats, accuracy=True, limit=test_limit)
     pruned.chanprune_history[-1].update({"accuracy_no_finetune": acc_no_ft, "finetune": ft, "accuracy": result["accuracy"]})
     chanprune.save(pruned, out / "model", history=pruned.chanprune_history, extra={"data": bundle.name})
-    full = {"command": "prune", "label": label, "model": getattr(net, "chanprune_spec", {}).get("name"), "data": bundle.name,
+    full = {"command": "prune", "label": label, "test_images": test_limit or len(bundle.test), "model": getattr(net, "chanprune_spec", {}).get("name"), "data": bundle.name,
             "method": cfg.method, "config": cfg.to_dict(), "seed": cfg.seed,
             "dense": {"accuracy": dense_acc, "macs": result["baseline"]["macs"], "params": result["baseline"]["params"],
                       "latency_ms": result["baseline"]["latency_ms"]},
@@ -224,7 +227,8 @@ def run_prune(net, bundle, cfg, *, finetune_epochs: float, finetune_limit: Optio
     ]
     for bs, x in (result.get("speedup") or {}).items():
         rows.append((f"latency bs={bs}", f"{result['baseline']['latency_ms'][bs]:.2f} ms", f"{result['latency_ms'][bs]:.2f} ms ({x:.2f}× faster)"))
-    console.print(_kv_table(f"{label}: before / after", rows, ("", "before", "after")))
+    where = f"{test_limit:,}-image stratified test subset" if test_limit else f"{len(bundle.test):,} test images"
+    console.print(_kv_table(f"{label}: before / after (accuracy on {where})", rows, ("", "before", "after")))
     if record.get("warning"):
         console.print(f"[yellow]warning:[/yellow] {record['warning']}")
     console.print(f"wrote {out / 'model.json'}, {out / 'model.safetensors'}, {out / 'record.json'}")
@@ -240,6 +244,7 @@ def prune(model: str = typer.Argument(..., help="saved model stem"), data: str =
           calibration: Optional[int] = typer.Option(None, help="calibration images"), recover: Optional[str] = typer.Option(None, help="none | bn | compensate"),
           allow_exceed: bool = typer.Option(False, help="hierarchical: prune beyond the analysis maximum"),
           finetune_epochs: float = typer.Option(0.0), finetune_limit: Optional[int] = typer.Option(None),
+          test_limit: Optional[int] = typer.Option(None, help="evaluate on a fixed stratified test subset of this size"),
           seed: int = typer.Option(0), out: str = typer.Option("runs/prune")):
     """Prune a saved model to a MAC/params target (or a ratio), measure it, save it."""
     _ratio("ratio", ratio)
@@ -248,7 +253,8 @@ def prune(model: str = typer.Argument(..., help="saved model stem"), data: str =
                         round_to=round_to, calibration=calibration, recover=recover, seed=seed, **extra)
     net = _load_model(model)
     bundle = _data(data, root)
-    run_prune(net, bundle, cfg, finetune_epochs=finetune_epochs, finetune_limit=finetune_limit, out=Path(out), label=method)
+    run_prune(net, bundle, cfg, finetune_epochs=finetune_epochs, finetune_limit=finetune_limit, out=Path(out), label=method,
+              test_limit=test_limit)
 
 
 # ------------------------------------------------------------------------------------------- finetune
@@ -295,7 +301,8 @@ def bench(model: str = typer.Argument(..., help="saved model stem"), baseline: O
 @app.command()
 def demo(checkpoint: str = typer.Option(str(DEFAULT_CHECKPOINT), help="saved model stem"), data: str = typer.Option("fashion_mnist"),
          target_macs: float = typer.Option(0.5), method: str = typer.Option("hierarchical"),
-         finetune_limit: int = typer.Option(6000, help="images for the one short fine-tune epoch"),
+         finetune_limit: int = typer.Option(3000, help="images for the one short fine-tune epoch"),
+         test_limit: int = typer.Option(2000, help="size of the fixed stratified test subset used for accuracy"),
          out: str = typer.Option("runs/demo")):
     """The main job: prune the shipped ResNet-56 (Fashion-MNIST) to 50% of its MACs, fine-tune briefly, report."""
     t0 = time.time()
@@ -303,7 +310,7 @@ def demo(checkpoint: str = typer.Option(str(DEFAULT_CHECKPOINT), help="saved mod
     bundle = _data(data, None)
     extra = {"allow_exceed": True} if method == "hierarchical" else {}
     cfg = method_config(method, target_macs=target_macs, calibration=512 if method == "hierarchical" else None, **extra)
-    pruned, full = run_prune(net, bundle, cfg, finetune_epochs=1, finetune_limit=finetune_limit, out=Path(out), label=f"{method} → {target_macs:.0%} MACs")
+    pruned, full = run_prune(net, bundle, cfg, finetune_epochs=1, finetune_limit=finetune_limit, out=Path(out), label=f"{method} → {target_macs:.0%} MACs", test_limit=test_limit)
     analysis = full["record"].get("analysis")
     if analysis:
         console.print(f"analysis: network maximum safe compression {analysis['max_compression_macs']:.1%} of MACs "
