@@ -206,7 +206,7 @@ def run_prune(net, bundle, cfg, *, finetune_epochs: float, finetune_limit: Optio
     if finetune_epochs > 0:
         tft = time.time()
         ft = chanprune.finetune(pruned, bundle, epochs=max(1, int(round(finetune_epochs))), lr=0.01, limit_train=finetune_limit,
-                                progress=True)
+                                progress=True, eval_each_epoch=False)
         ft = {"epochs": finetune_epochs, "limit": finetune_limit, "seconds": time.time() - tft}
     result = chanprune.measure(pruned, bundle, baseline=net, repeats=repeats, accuracy=True, limit=test_limit)
     pruned.chanprune_history[-1].update({"accuracy_no_finetune": acc_no_ft, "finetune": ft, "accuracy": result["accuracy"]})
@@ -304,12 +304,12 @@ def demo(checkpoint: str = typer.Option(str(DEFAULT_CHECKPOINT), help="saved mod
          finetune_limit: int = typer.Option(3000, help="images for the one short fine-tune epoch"),
          test_limit: int = typer.Option(2000, help="size of the fixed stratified test subset used for accuracy"),
          out: str = typer.Option("runs/demo")):
-    """The main job: prune the shipped ResNet-56 (Fashion-MNIST) to 50% of its MACs, fine-tune briefly, report."""
+    """The main job: prune the shipped ResNet-56 (Fashion-MNIST) to 50% of its MACs, re-estimate BatchNorm, fine-tune briefly, report."""
     t0 = time.time()
     net = _load_model(checkpoint)
     bundle = _data(data, None)
     extra = {"allow_exceed": True} if method == "hierarchical" else {}
-    cfg = method_config(method, target_macs=target_macs, calibration=512 if method == "hierarchical" else None, **extra)
+    cfg = method_config(method, target_macs=target_macs, calibration=512 if method == "hierarchical" else None, recover="bn", **extra)
     pruned, full = run_prune(net, bundle, cfg, finetune_epochs=1, finetune_limit=finetune_limit, out=Path(out), label=f"{method} → {target_macs:.0%} MACs", test_limit=test_limit)
     analysis = full["record"].get("analysis")
     if analysis:
