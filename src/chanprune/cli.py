@@ -221,7 +221,8 @@ def run_prune(net, bundle, cfg, *, finetune_epochs: float, finetune_limit: Optio
             "wall_seconds": time.time() - t0}
     write_record(out / "record.json", full)
     rows = [
-        ("accuracy", f"{dense_acc:.2f}%", f"{acc_no_ft:.2f}% (no fine-tune)" + (f" → {result['accuracy']:.2f}%" if ft else "")),
+        ("accuracy", f"{dense_acc:.2f}%", f"{acc_no_ft:.2f}% (no fine-tune{', BN re-estimated' if cfg.recover == 'bn' else ''})"
+         + (f" → {result['accuracy']:.2f}% fine-tuned" if ft else "")),
         ("MACs", _fmt_m(result["baseline"]["macs"]), f"{_fmt_m(result['macs'])} ({result['macs'] / result['baseline']['macs']:.1%})"),
         ("params", _fmt_m(result["baseline"]["params"]), f"{_fmt_m(result['params'])} ({result['params'] / result['baseline']['params']:.1%})"),
     ]
