@@ -40,6 +40,8 @@ _EXPORTS = {
     "HRankConfig": "chanprune.config",
     "RandomConfig": "chanprune.config",
     "HierarchicalConfig": "chanprune.methods.hierarchical",
+    "CPConfig": "chanprune.methods.cp",
+    "CaPConfig": "chanprune.methods.cap",
     "ChanpruneError": "chanprune.errors",
 }
 
