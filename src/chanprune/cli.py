@@ -58,6 +58,46 @@ def _data(name: str, root: Optional[str]):
     return chanprune.load_data(name, root=root) if root else chanprune.load_data(name)
 
 
+def _measure(*args, **kwargs):
+    # not chanprune.measure: once the submodule chanprune.measure is imported (e.g. `from chanprune.measure
+    # import latency`), the package attribute of that name is the module, not the function
+    from .measure import measure
+
+    return measure(*args, **kwargs)
+
+
+def _check_fit(net, bundle, model: str) -> None:
+    """A saved model and a data set that do not fit (channels, classes) fail with one sentence, not deep in a conv."""
+    from .errors import ConfigError
+
+    kwargs = (getattr(net, "chanprune_spec", None) or {}).get("kwargs") or {}
+    channels, classes = kwargs.get("in_channels"), kwargs.get("num_classes")
+    trained_on = _saved_data(model)
+    hint = f"pass --data {trained_on}" if trained_on and trained_on != bundle.name else "pass the --data set the model was trained on"
+    if isinstance(channels, int) and channels != bundle.in_channels:
+        raise ConfigError(f"model {model!r} takes {channels}-channel images but data set {bundle.name!r} has "
+                          f"{bundle.in_channels}-channel images; {hint}.")
+    if isinstance(classes, int) and classes < bundle.num_classes:
+        raise ConfigError(f"model {model!r} has {classes} classes but data set {bundle.name!r} has "
+                          f"{bundle.num_classes}; {hint}.")
+
+
+def _saved_data(model: str) -> Optional[str]:
+    try:
+        from .io import read_spec
+
+        return (read_spec(model).get("extra") or {}).get("data")
+    except Exception:  # the hint is optional
+        return None
+
+
+def _model_and_data(model: str, data: str, root: Optional[str]):
+    net = _load_model(model)
+    bundle = _data(data, root)
+    _check_fit(net, bundle, model)
+    return net, bundle
+
+
 def _ratio(name: str, value: Optional[float]) -> None:
     from .errors import ConfigError
 
@@ -126,7 +166,7 @@ def train(model: str = typer.Argument(..., help="zoo name, e.g. resnet20"),
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, limit_train=limit)
     history = chanprune.train(net, bundle, cfg, checkpoint_dir=Path(out) / "state")
     chanprune.save(net, Path(out) / "model", extra={"data": data})
-    result = chanprune.measure(net, bundle, repeats=10)
+    result = _measure(net, bundle, repeats=10)
     record = {"command": "train", "model": model, "data": data, "config": cfg.as_dict(), "seed": seed, **result,
               "wall_seconds": time.time() - t0, "history": history.get("epochs")}
     path = write_record(Path(out) / "record.json", record)
@@ -140,11 +180,10 @@ def evaluate(model: str = typer.Argument(..., help="saved model stem"), data: st
              root: Optional[str] = typer.Option(None), out: Optional[str] = typer.Option(None, help="JSON record path")):
     """Test accuracy, MACs, params and latency of a saved model."""
     t0 = time.time()
-    net = _load_model(model)
-    bundle = _data(data, root)
+    net, bundle = _model_and_data(model, data, root)
     import chanprune
 
-    result = chanprune.measure(net, bundle, repeats=10)
+    result = _measure(net, bundle, repeats=10)
     console.print(_kv_table(f"{model} on {data}", [("accuracy", f"{result['accuracy']:.2f}%"), ("MACs", _fmt_m(result["macs"])),
                                                    ("params", _fmt_m(result["params"])),
                                                    *[(f"latency bs={bs}", f"{ms:.2f} ms") for bs, ms in result["latency_ms"].items()]], ("", "")))
@@ -163,8 +202,7 @@ def analyze(model: str = typer.Argument(..., help="saved model stem"), data: str
     from .analysis import AnalysisConfig
 
     cfg = AnalysisConfig(reading=reading, labels=labels, rule=rule, threshold=threshold, samples=samples)
-    net = _load_model(model)
-    bundle = _data(data, root)
+    net, bundle = _model_and_data(model, data, root)
     result = chanprune.analyze(net, bundle, cfg)
     console.print(result.table())
     out_dir = Path(out)
@@ -208,7 +246,7 @@ def run_prune(net, bundle, cfg, *, finetune_epochs: float, finetune_limit: Optio
         ft = chanprune.finetune(pruned, bundle, epochs=max(1, int(round(finetune_epochs))), lr=0.01, limit_train=finetune_limit,
                                 progress=True, eval_each_epoch=False)
         ft = {"epochs": finetune_epochs, "limit": finetune_limit, "seconds": time.time() - tft}
-    result = chanprune.measure(pruned, bundle, baseline=net, repeats=repeats, accuracy=True, limit=test_limit)
+    result = _measure(pruned, bundle, baseline=net, repeats=repeats, accuracy=True, limit=test_limit)
     pruned.chanprune_history[-1].update({"accuracy_no_finetune": acc_no_ft, "finetune": ft, "accuracy": result["accuracy"]})
     chanprune.save(pruned, out / "model", history=pruned.chanprune_history, extra={"data": bundle.name})
     full = {"command": "prune", "label": label, "test_images": test_limit or len(bundle.test), "model": getattr(net, "chanprune_spec", {}).get("name"), "data": bundle.name,
@@ -249,11 +287,14 @@ def prune(model: str = typer.Argument(..., help="saved model stem"), data: str =
           seed: int = typer.Option(0), out: str = typer.Option("runs/prune")):
     """Prune a saved model to a MAC/params target (or a ratio), measure it, save it."""
     _ratio("ratio", ratio)
+    if finetune_epochs < 0:
+        from .errors import ConfigError
+
+        raise ConfigError(f"--finetune-epochs must be >= 0, got {finetune_epochs}; pass 0 to skip fine-tuning.")
     extra = {"allow_exceed": allow_exceed} if method == "hierarchical" else {}
     cfg = method_config(method, target_macs=target_macs, target_params=target_params, ratio=ratio, allocation=allocation,
                         round_to=round_to, calibration=calibration, recover=recover, seed=seed, **extra)
-    net = _load_model(model)
-    bundle = _data(data, root)
+    net, bundle = _model_and_data(model, data, root)
     run_prune(net, bundle, cfg, finetune_epochs=finetune_epochs, finetune_limit=finetune_limit, out=Path(out), label=method,
               test_limit=test_limit)
 
@@ -267,8 +308,7 @@ def finetune(model: str = typer.Argument(..., help="saved model stem"), data: st
     import chanprune
 
     t0 = time.time()
-    net = _load_model(model)
-    bundle = _data(data, root)
+    net, bundle = _model_and_data(model, data, root)
     before = chanprune.evaluate(net, bundle)["accuracy"]
     chanprune.finetune(net, bundle, epochs=epochs, lr=lr, limit_train=limit, checkpoint_dir=Path(out) / "state")
     after = chanprune.evaluate(net, bundle)["accuracy"]
@@ -286,10 +326,11 @@ def bench(model: str = typer.Argument(..., help="saved model stem"), baseline: O
     """Measure MACs, params, accuracy and CPU latency (dense and pruned interleaved)."""
     import chanprune
 
-    net = _load_model(model)
+    net, bundle = _model_and_data(model, data, root)
     base = _load_model(baseline) if baseline else None
-    bundle = _data(data, root)
-    result = chanprune.measure(net, bundle, baseline=base, repeats=repeats)
+    if base is not None:
+        _check_fit(base, bundle, baseline)
+    result = _measure(net, bundle, baseline=base, repeats=repeats)
     rows = [("accuracy", f"{result['accuracy']:.2f}%"), ("MACs", _fmt_m(result["macs"])), ("params", _fmt_m(result["params"]))]
     rows += [(f"latency bs={bs}", f"{ms:.2f} ms") for bs, ms in result["latency_ms"].items()]
     rows += [(f"speed-up bs={bs}", f"{x:.2f}×") for bs, x in (result.get("speedup") or {}).items()]
@@ -302,13 +343,12 @@ def bench(model: str = typer.Argument(..., help="saved model stem"), baseline: O
 @app.command()
 def demo(checkpoint: str = typer.Option(str(DEFAULT_CHECKPOINT), help="saved model stem"), data: str = typer.Option("fashion_mnist"),
          target_macs: float = typer.Option(0.5), method: str = typer.Option("hierarchical"),
-         finetune_limit: int = typer.Option(3000, help="images for the one short fine-tune epoch"),
-         test_limit: int = typer.Option(2000, help="size of the fixed stratified test subset used for accuracy"),
+         finetune_limit: int = typer.Option(2000, help="images for the one short fine-tune epoch"),
+         test_limit: int = typer.Option(1000, help="size of the fixed stratified test subset used for accuracy"),
          out: str = typer.Option("runs/demo")):
     """The main job: prune the shipped ResNet-56 (Fashion-MNIST) to 50% of its MACs, re-estimate BatchNorm, fine-tune briefly, report."""
     t0 = time.time()
-    net = _load_model(checkpoint)
-    bundle = _data(data, None)
+    net, bundle = _model_and_data(checkpoint, data, None)
     extra = {"allow_exceed": True} if method == "hierarchical" else {}
     cfg = method_config(method, target_macs=target_macs, calibration=512 if method == "hierarchical" else None, recover="bn", **extra)
     pruned, full = run_prune(net, bundle, cfg, finetune_epochs=1, finetune_limit=finetune_limit, out=Path(out), label=f"{method} → {target_macs:.0%} MACs", test_limit=test_limit)
