@@ -18,8 +18,9 @@ from . import allocation as alloc
 from .config import PruneConfig
 from .cost import CostModel, count
 from .criteria import ScoreContext
-from .errors import ConfigError, PruneError
+from .errors import ConfigError, PruneError, VerificationError
 from .graph import PruningGraph, lowest
+from . import surgery
 from .surgery import apply_plan
 
 Planner = Callable[["PruneSession"], dict[int, list[int]]]
@@ -89,7 +90,7 @@ class PruneSession:
         return {g.index: lowest(s, g.channels - k) for g, s, k in zip(self.graph.groups, scores, keep)}
 
     def probe(self) -> torch.Tensor | None:
-        return self.batches[0][0][:8] if self.batches else None
+        return self.batches[0][0][: surgery.PROBE_SIZE] if self.batches else None
 
 
 def criterion_planner(session: PruneSession) -> dict[int, list[int]]:
@@ -126,7 +127,15 @@ def prune(model: nn.Module, config: PruneConfig, data=None, *, example_inputs: t
     macs0, params0 = session.cost.macs, session.cost.params
     plan = planner(session)
     t_plan = time.perf_counter() - t0
-    pruned, report = apply_plan(session.graph, plan, model, verify=config.verify, probe=session.probe())
+    pruned, report = apply_plan(session.graph, plan, model, verify=config.verify, probe=session.probe(),
+                                on_mismatch=config.on_mismatch)
+    if report.excluded:
+        if session.post_surgery:
+            names = [e["name"] for e in report.excluded]
+            raise VerificationError(
+                f"the surgery had to exclude group(s) {', '.join(map(repr, names))}, but {config.method} computed its refits "
+                f"for the full plan; run it again with ignored_layers={names!r}.")
+        plan = report.removed
     # The verification above compares the surgery with the masked original; the refits below change
     # weights on purpose, after it.
     for step in session.post_surgery:
@@ -155,6 +164,7 @@ def prune(model: nn.Module, config: PruneConfig, data=None, *, example_inputs: t
         "target": list(config.target) if config.target else None,
         "verified": report.verified,
         "verify_max_rel_error": report.max_rel_error,
+        "excluded_groups": report.excluded,
         "seconds": {"plan": t_plan, "remove": report.remove_seconds, "verify": report.verify_seconds,
                     "total": time.perf_counter() - t0},
         **session.notes,

@@ -44,6 +44,7 @@ class PruneConfig:
     recover: str = "none"
     recover_batches: int = 20
     verify: bool = True
+    on_mismatch: str = "raise"  # "exclude": drop groups whose verified surgery fails, with a warning
     tolerance: float = 0.01
 
     def __post_init__(self):
@@ -65,6 +66,8 @@ class PruneConfig:
             raise ConfigError(f"calibration must be a positive number of images, not {self.calibration!r}.")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, not {self.batch_size!r}.")
+        if self.on_mismatch not in ("raise", "exclude"):
+            raise ConfigError(f"on_mismatch must be 'raise' or 'exclude', not {self.on_mismatch!r}.")
         if not (0 < self.tolerance < 0.5):
             raise ConfigError(f"tolerance must lie in (0, 0.5), not {self.tolerance!r}.")
         self.ignored_layers = tuple(self.ignored_layers)
