@@ -44,6 +44,7 @@ VERSION = 1
 _MAX_COUNT = 1_000_000  # channels, features, groups
 _MAX_GEOM = 10_000  # kernel size, stride, padding, dilation
 _MAX_JSON_BYTES = 64 * 1024 * 1024
+_MAX_BUILD_VALUES = 256 * 1024 * 1024  # a rebuild may allocate this many values (1 GiB of float32) whatever the weights
 _TOP_KEYS = ("format", "version", "name", "kwargs", "layers", "history", "extra", "weights", "tensors",
              "chanprune_version")
 _DTYPES = {
@@ -315,7 +316,7 @@ _LAYER_FIELDS["BatchNorm1d"] = _LAYER_FIELDS["BatchNorm2d"]
 
 def _check_layer(c: _Checker, name: str, s: Any) -> None:
     ctx = f"layer {_short(name)}"
-    if not isinstance(s, dict) or s.get("type") not in LAYER_TYPES:
+    if not isinstance(s, dict) or not isinstance(s.get("type"), str) or s["type"] not in LAYER_TYPES:
         t = s.get("type") if isinstance(s, dict) else s
         raise c.fail(f"{ctx} has unsupported type {_short(t)} (expected one of {', '.join(LAYER_TYPES)})")
     t = s["type"]
@@ -405,7 +406,7 @@ def _validate(doc: Any, c: _Checker) -> dict:
                 or not all(_is_int(d) and 0 <= d <= 1 << 40 for d in ts["shape"]):
             raise c.fail(f"tensor {_short(key)} shape must be a list of at most 8 non-negative integers, "
                          f"got {_short(ts['shape'])}")
-        if ts["dtype"] not in _DTYPES:
+        if not isinstance(ts["dtype"], str) or ts["dtype"] not in _DTYPES:
             raise c.fail(f"tensor {_short(key)} dtype must be one of {', '.join(_DTYPES)}, got {_short(ts['dtype'])}")
     if not isinstance(doc["chanprune_version"], str):
         raise c.fail(f"chanprune_version must be a string, got {_short(doc['chanprune_version'])}")
@@ -519,11 +520,47 @@ def load(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -
     return model
 
 
+class _OverBudget(Exception):
+    pass
+
+
+class _AllocationBudget(torch.overrides.TorchFunctionMode):
+    """Count the values that tensor factories are asked for while a model is built, and stop the build
+    *before* the call that would pass ``limit`` (so an absurd spec never allocates its tensors)."""
+
+    _FACTORIES = {torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn}
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit, self.used = limit, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._FACTORIES:
+            size = kwargs.get("size", args[0] if len(args) == 1 and not isinstance(args[0], int) else args)
+            if func is torch.full:
+                size = args[0] if args else kwargs.get("size", ())
+            try:
+                self.used += math.prod(int(d) for d in size)
+            except (TypeError, ValueError):
+                pass
+            if self.used > self.limit:
+                raise _OverBudget(self.used)
+        return func(*args, **kwargs)
+
+
 def _rebuild(doc: dict, tensors: dict[str, torch.Tensor], c: _Checker) -> nn.Module:
     """Build the model with the recorded layer shapes and check its state_dict against ``tensors``."""
     name = doc["name"]
+    # Absurd kwargs (in_channels=10**6, width=8, ...) would allocate tens of GB before any shape check:
+    # the builder's model may be larger than the (possibly pruned) weights, but not absurdly so.
+    stored = sum(t.numel() for t in tensors.values())
     try:
-        model = _models.create_model(name, **doc["kwargs"])
+        with _AllocationBudget(max(_MAX_BUILD_VALUES, 64 * stored)):
+            model = _models.create_model(name, **doc["kwargs"])
+    except _OverBudget as exc:
+        raise c.fail(f"kwargs {_short(doc['kwargs'])} make model {_short(name)} allocate over {exc.args[0]:,} values, "
+                     f"but the weights file holds only {stored:,}") from None
     except ModelError as exc:
         raise c.fail(f"model {_short(name)} cannot be built from the recorded kwargs ({exc})") from None
 

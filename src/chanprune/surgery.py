@@ -5,22 +5,44 @@ to zero at every module that outputs them (each producer's BatchNorm output, or 
 output where it has none). Masked channels then contribute nothing to any consumer, residual sum or
 concatenation, so a correct removal gives the same function. The witness needs no index bookkeeping of
 consumers — it is independent of the graph library on exactly the side where mappings go wrong
-(concatenations, flatten before Linear). Both sides run in float64 on a small probe batch.
+(concatenations, flatten before Linear).
+
+What is compared: the model output, and the output of every consumer of a pruned group (on the channels
+it kept), so that a wrong input mapping is seen where it happens, before a ReLU or a narrow layer
+downstream can hide it. Before that, cheap consistency checks: the graph library's mapping must name
+existing channels and give each channel one group, no layer may lose all its channels, and every
+producer must end with the planned number of channels (a removal that silently did nothing is caught).
+
+Cost: the witness is the caller's model itself, run with temporary forward hooks under
+``torch.inference_mode()`` in eval mode (its training flags are restored afterwards; nothing is copied or
+cast), and the pruned model is run as it is — both in float32 on a small probe batch (``PROBE_SIZE``
+images: prune() passes its first calibration images, else a random one), with a relative tolerance of
+1e-5 per compared tensor. Only when that fails is the comparison repeated in float64 (on cast copies of
+the tensors), which rules out float32 rounding; the error then names the first layer, in execution
+order, whose output diverges.
+
+With ``on_mismatch="exclude"`` a failing plan is not an error: every planned group is verified on its
+own (on a fresh copy), the groups that fail are dropped, the rest is removed from a fresh copy of the
+original and verified again, and a warning names the excluded groups (``SurgeryReport.excluded``).
 """
 from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
-from .errors import VerificationError
+from .errors import ChanpruneError, ConfigError, ModelError, PruneError, VerificationError
 from .graph import PruningGraph
 
-TOLERANCE = 1e-5
+TOLERANCE = 1e-5  # relative error allowed between the pruned model and the masked original
+PROBE_SIZE = 1  # images in the probe batch: prune() takes this many calibration images, else random ones
+ON_MISMATCH = ("raise", "exclude")
+_FIX = "pass on_mismatch='exclude' to drop the offending groups, exclude their layers with ignored_layers, or pass verify=False to skip this check"
 
 
 @dataclass
@@ -30,6 +52,7 @@ class SurgeryReport:
     max_rel_error: float | None
     verify_seconds: float
     remove_seconds: float
+    excluded: list[dict] = field(default_factory=list)  # groups dropped by on_mismatch="exclude": index, name, reason
 
 
 def mask_sites(graph: PruningGraph, plan: Mapping[int, Sequence[int]]) -> dict[str, list[int]]:
@@ -58,54 +81,348 @@ def mask_hooks(model: nn.Module, sites: Mapping[str, Sequence[int]]):
         index = torch.as_tensor(channels, dtype=torch.long)
 
         def hook(_module, _inputs, output):
-            output = output.clone()
-            output.index_fill_(1, index.to(output.device), 0.0)
-            return output
+            nonlocal index
+            if index.device != output.device:
+                index = index.to(output.device)
+            return output.index_fill(1, index, 0.0)
 
         return hook
 
     return [modules[name].register_forward_hook(make(c)) for name, c in sites.items()]
 
 
-def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+_FRESH_OUTPUT = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
 
-def _first_divergence(witness: nn.Module, pruned: nn.Module, probe: torch.Tensor, tolerance: float) -> str:
-    """Name the first module (in execution order) whose output differs on the channels both have."""
-    outputs: dict[str, list] = {"w": [], "p": []}
+def _witness_hooks(modules: Mapping[str, nn.Module], sites: Mapping[str, Sequence[int]]):
+    """:func:`mask_hooks` for the no-grad witness: convs, Linears and BatchNorms return a fresh tensor, so their
+    output is zeroed in place (one op, no copy); other module types get a zeroed copy."""
 
-    def record(tag, name):
-        def hook(_m, _i, out):
-            if isinstance(out, torch.Tensor):
-                outputs[tag].append((name, out.detach()))
+    def make(channels, inplace):
+        index = torch.as_tensor(channels, dtype=torch.long)
+
+        def hook(_module, _inputs, output):
+            nonlocal index
+            if index.device != output.device:
+                index = index.to(output.device)
+            if inplace:
+                output.index_fill_(1, index, 0.0)
+                return None
+            return output.index_fill(1, index, 0.0)
 
         return hook
 
-    handles = [m.register_forward_hook(record("w", n)) for n, m in witness.named_modules() if n and not list(m.children())]
-    handles += [m.register_forward_hook(record("p", n)) for n, m in pruned.named_modules() if n and not list(m.children())]
+    return [modules[name].register_forward_hook(make(c, isinstance(modules[name], _FRESH_OUTPUT)))
+            for name, c in sites.items()]
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12))
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+
+
+def _out_channels(module: nn.Module) -> int | None:
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        return int(module.weight.shape[0])
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return int(module.num_features)
+    return None
+
+
+def _first_float_dtype(model: nn.Module) -> torch.dtype | None:
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    for t in model.buffers():
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def _device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+class _evaluating:
+    """Put a model in eval mode for a forward pass, then restore every module's training flag."""
+
+    def __init__(self, model: nn.Module, modules: Sequence[nn.Module] | None = None):
+        self.model, self.modules = model, modules
+
+    def __enter__(self):
+        modules = self.modules if self.modules is not None else self.model.modules()
+        self.training = [m for m in modules if m.training]
+        for m in self.training:
+            m.training = False
+        return self.model
+
+    def __exit__(self, *exc):
+        for m in self.training:
+            m.training = True
+        return False
+
+
+def _forward(model: nn.Module, probe: torch.Tensor, dtype: torch.dtype,
+             modules: Sequence[nn.Module] | None = None) -> torch.Tensor:
+    """``model(probe)`` in eval mode, without autograd, in ``dtype`` — without casting, copying or mutating
+    ``model`` (a model in another dtype runs on cast copies of its tensors through ``functional_call``).
+    ``modules``: ``model.modules()``, if the caller has them already."""
+    own = _first_float_dtype(model)
+    x = probe.to(device=_device(model), dtype=dtype)
+    with torch.inference_mode(), _evaluating(model, modules):
+        if own is None or own == dtype:
+            out = model(x)
+        else:
+            state = {n: (t.to(dtype) if t.is_floating_point() else t)
+                     for n, t in list(model.named_parameters()) + list(model.named_buffers())}
+            out = torch.func.functional_call(model, state, (x,))
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"the model returns a {type(out).__name__}, not a tensor; verified surgery needs a model whose forward returns one tensor.")
+    return out
+
+
+def _failing_layer(model: nn.Module, probe: torch.Tensor, dtype: torch.dtype) -> str:
+    """Name the innermost module whose forward raises on ``probe`` (the model's own code if none)."""
+    stack: list[str] = []
+    failed: list[str] = []
+
+    def pre(name):
+        def hook(_m, _i):
+            stack.append(name)
+
+        return hook
+
+    def post(_m, _i, _o):
+        stack.pop()
+
+    handles = []
+    for n, m in model.named_modules():
+        if n:
+            handles.append(m.register_forward_pre_hook(pre(n)))
+            handles.append(m.register_forward_hook(post))
     try:
-        with torch.no_grad():
-            witness(probe)
-            pruned(probe)
+        _forward(model, probe, dtype)
+    except Exception:
+        failed.extend(stack[-1:])
     finally:
         for h in handles:
             h.remove()
-    pruned_out = dict(outputs["p"])
-    for name, w_out in outputs["w"]:
-        p_out = pruned_out.get(name)
-        if p_out is None or p_out.dim() < 2:
+    return failed[0] if failed else "the model's forward()"
+
+
+def _recorders(modules: Mapping[str, nn.Module], names: Sequence[str], store: dict[str, list[torch.Tensor]]):
+    """Forward hooks appending each named module's output to ``store[name]`` (one entry per call)."""
+
+    def make(name):
+        def hook(_module, _inputs, output):
+            store.setdefault(name, []).append(output)
+
+        return hook
+
+    return [modules[n].register_forward_hook(make(n)) for n in names]
+
+
+def _compare(original: nn.Module, pruned: nn.Module, probe: torch.Tensor, dtype: torch.dtype,
+             sites: Mapping[str, Sequence[int]], consumers: Sequence[str], tolerance: float) -> tuple[float, str | None]:
+    """Run the masked witness and the pruned model on ``probe``; return (largest relative error, first place
+    that exceeds ``tolerance`` in execution order, or None).
+
+    Compared: the model output, and the output of every consumer of a pruned group — where a wrong input
+    mapping shows first, before a ReLU or a narrow layer downstream can hide it from the final output. A
+    consumer that lost output channels itself is compared on the channels it kept (those the witness did
+    not mask there).
+    """
+    w_store: dict[str, list[torch.Tensor]] = {}
+    p_store: dict[str, list[torch.Tensor]] = {}
+    modules = dict(original.named_modules())
+    handles = _witness_hooks(modules, sites) + _recorders(modules, consumers, w_store)
+    try:
+        expected = _forward(original, probe, dtype, list(modules.values()))
+    except ChanpruneError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"the original model does not run on the probe batch of shape {tuple(probe.shape)} ({_brief(exc)}); "
+                         "pass a probe (or example inputs) the model accepts.") from None
+    finally:
+        for h in handles:
+            h.remove()
+    modules = dict(pruned.named_modules())
+    handles = _recorders(modules, consumers, p_store)
+    try:
+        got = _forward(pruned, probe, dtype, list(modules.values()))
+    except ChanpruneError:
+        raise
+    except Exception as exc:
+        where = _failing_layer(pruned, probe, dtype)
+        raise VerificationError(
+            f"the pruned model no longer runs: layer {where!r} fails on the probe batch ({_brief(exc)}); {_FIX}."
+        ) from None
+    finally:
+        for h in handles:
+            h.remove()
+    # one max|p - w| and one max|w| per compared tensor, all divided at the end: a few small ops per layer
+    names: list[str] = []
+    diffs: list[torch.Tensor] = []
+    scales: list[torch.Tensor] = []
+    mismatch = got.new_tensor(float("inf"))
+
+    def add(name, p, w):
+        names.append(name)
+        if p is None:  # calls or shapes do not correspond
+            diffs.append(mismatch), scales.append(mismatch.new_tensor(1.0))
+        else:
+            diffs.append((p - w).abs().max()), scales.append(w.abs().max())
+
+    for name, w_outs in w_store.items():  # dicts keep insertion order: execution order of the first call
+        p_outs = p_store.get(name, [])
+        if len(p_outs) != len(w_outs):
+            add(name, None, None)
             continue
-        if p_out.shape == w_out.shape:
-            if _relative_error(p_out, w_out) > tolerance:
-                return name
-            continue
-        # channels removed here: the kept ones are the witness channels that are not identically zero
-        live = w_out.transpose(0, 1).flatten(1).abs().amax(1) > 0
-        if int(live.sum()) == p_out.shape[1] and w_out.shape[2:] == p_out.shape[2:]:
-            if _relative_error(p_out, w_out[:, live]) > tolerance:
-                return name
-    return "the model output"
+        for w, p in zip(w_outs, p_outs):
+            if w.shape != p.shape:  # this consumer lost output channels too: compare the ones it kept
+                gone = set(sites.get(name, ()))
+                keep = [c for c in range(w.shape[1]) if c not in gone] if w.dim() > 1 else []
+                if len(keep) != p.shape[1] or w.shape[2:] != p.shape[2:] or w.shape[0] != p.shape[0]:
+                    add(name, None, None)
+                    continue
+                w = w.index_select(1, torch.as_tensor(keep, device=w.device))
+            add(name, p, w)
+    if got.shape == expected.shape:
+        add("the model output", got, expected)
+    else:
+        add("the model output", None, None)
+    errors = (torch.stack(diffs).double() / torch.stack(scales).double().clamp_min(1e-12)).cpu().tolist()
+    worst = max(errors)
+    first = next((n for n, e in zip(names, errors) if not e <= tolerance), None)
+    return worst, first
+
+
+def _check_plan(graph: PruningGraph, plan: Mapping[int, Sequence[int]]) -> None:
+    """The caller's mistakes (unknown group, index out of range, a group emptied) are PruneErrors, never excluded."""
+    for gi, idxs in plan.items():
+        if not 0 <= gi < len(graph.groups):
+            raise PruneError(f"the plan names group {gi}, but the model has {len(graph.groups)} groups (0 to {len(graph.groups) - 1}); build the plan from this model's PruningGraph.")
+        group = graph.groups[gi]
+        if idxs[0] < 0 or idxs[-1] >= group.channels:
+            raise PruneError(f"group {group.name!r} has {group.channels} channels; index {idxs[0] if idxs[0] < 0 else idxs[-1]} is out of range.")
+        if len(idxs) >= group.channels:
+            raise PruneError(f"removing all {group.channels} channels of group {group.name!r} would disconnect the network; keep at least one.")
+
+
+def _check_mapping(graph: PruningGraph, plan: Mapping[int, Sequence[int]]) -> None:
+    """Index bookkeeping the witness relies on must at least be self-consistent (a garbled group is refused)."""
+    claimed: dict[str, tuple[int, set[int]]] = {}
+    for gi in plan:
+        group = graph.groups[gi]
+        for member in group.members:
+            if member.role != "out":
+                continue
+            n = _out_channels(member.module)
+            idxs = set(member.idxs)
+            if idxs and n is not None and (min(idxs) < 0 or max(idxs) >= n):
+                raise VerificationError(
+                    f"the graph library maps group {group.name!r} to channels of layer {member.name!r} that do not exist "
+                    f"(it has {n}); {_FIX}.")
+            if member.name in claimed:
+                other, seen = claimed[member.name]
+                both = seen & idxs
+                if both and other != gi:
+                    raise VerificationError(
+                        f"the graph library puts output channel {min(both)} of layer {member.name!r} in two groups "
+                        f"({graph.groups[other].name!r} and {group.name!r}); {_FIX}.")
+                seen |= idxs
+            else:
+                claimed[member.name] = (gi, idxs)
+
+
+def _check_layers_kept(graph: PruningGraph, plan: Mapping[int, Sequence[int]]) -> None:
+    """A group can span several layers (the branches of a concatenation): none of them may lose every channel."""
+    for gi, idxs in plan.items():
+        removed = set(idxs)
+        group = graph.groups[gi]
+        for member in group.members:
+            n = _out_channels(member.module) if member.role == "out" else None
+            if n is not None and n == len(set(member.idxs)) and all(r in removed for r in member.root_idxs):
+                raise PruneError(
+                    f"removing channels {idxs[:8]}{'...' if len(idxs) > 8 else ''} of group {group.name!r} would remove all "
+                    f"{n} output channels of layer {member.name!r} (the group spans several layers, e.g. concatenated "
+                    "branches); keep at least one channel of every layer, or pass on_mismatch='exclude' to skip the group.")
+
+
+def _surgery(graph: PruningGraph, plan: dict[int, list[int]], original: nn.Module, verify: bool,
+             probe: torch.Tensor | None, tolerance: float) -> tuple[nn.Module, SurgeryReport]:
+    pruned = graph.model
+    t0 = time.perf_counter()
+    _check_mapping(graph, plan)
+    _check_layers_kept(graph, plan)
+    sites = mask_sites(graph, plan)
+    expected: dict[str, int] = {}
+    for gi, idxs in plan.items():
+        removed = set(idxs)
+        for member in graph.groups[gi].producers:
+            expected[member.name] = (expected.get(member.name, member.module.weight.shape[0])
+                                     - sum(1 for r in member.root_idxs if r in removed))
+    for gi, idxs in plan.items():  # one group at a time, as PruningGraph.remove does, to name a failing one
+        try:
+            graph.remove({gi: idxs})
+        except PruneError as exc:  # the plan was checked above: this is Torch-Pruning refusing its own mapping
+            raise VerificationError(
+                f"the graph library cannot remove channels {idxs[:8]}{'...' if len(idxs) > 8 else ''} of group "
+                f"{graph.groups[gi].name!r}: by its own channel mapping {str(exc).split(': ', 1)[-1].rstrip('.')}; {_FIX}."
+            ) from None
+        except ChanpruneError:
+            raise
+        except Exception as exc:  # Torch-Pruning failing inside its own index bookkeeping
+            raise VerificationError(
+                f"the graph library failed while removing channels of group {graph.groups[gi].name!r} ({_brief(exc)}); {_FIX}."
+            ) from None
+    remove_seconds = time.perf_counter() - t0
+
+    modules = dict(pruned.named_modules())
+    for name, want in expected.items():
+        got = modules[name].weight.shape[0]
+        if got != want:
+            raise VerificationError(
+                f"the removal did not take effect as planned on layer {name!r}: it has {got} output channels, "
+                f"expected {want}; {_FIX}."
+            )
+
+    report = SurgeryReport(plan, False, None, 0.0, remove_seconds)
+    if not verify or not plan:
+        return pruned, report
+    t0 = time.perf_counter()
+    if probe is None:
+        gen = torch.Generator().manual_seed(0)
+        probe = torch.randn((PROBE_SIZE,) + tuple(graph.example_inputs.shape[1:]), generator=gen)
+    dtype = torch.float64 if _first_float_dtype(original) == torch.float64 else torch.float32
+    consumers = sorted({m.name for gi in plan for m in graph.groups[gi].consumers})
+    error, where = _compare(original, pruned, probe, dtype, sites, consumers, tolerance)
+    if where is not None and dtype != torch.float64:
+        # rule out float32 rounding: the same comparison in float64 (on cast copies of the tensors only)
+        error, where = _compare(original, pruned, probe, torch.float64, sites, consumers, tolerance)
+    if where is not None:
+        raise VerificationError(
+            f"the pruned model disagrees with the original masked at the removed channels "
+            f"(relative error {error:.2e}, first divergence at {where!r}); {_FIX}."
+        )
+    report.verified, report.max_rel_error = True, error
+    report.verify_seconds = time.perf_counter() - t0
+    return pruned, report
+
+
+def _fresh_graph(graph: PruningGraph, original: nn.Module) -> PruningGraph:
+    """A new PruningGraph over a fresh deep copy of ``original``, with the same ignored layers."""
+    names = {m: n for n, m in graph.model.named_modules()}
+    ignored = [names[m] for m in graph.ignored if m in names]
+    return PruningGraph(copy.deepcopy(original), graph.example_inputs, ignored_layers=ignored)
 
 
 def apply_plan(
@@ -116,62 +433,69 @@ def apply_plan(
     verify: bool = True,
     probe: torch.Tensor | None = None,
     tolerance: float = TOLERANCE,
+    on_mismatch: str = "raise",
 ) -> tuple[nn.Module, SurgeryReport]:
     """Remove root indices ``plan[g]`` from group g of ``graph.model`` (a copy of ``original``), in place.
 
     ``original`` is never modified: with ``verify`` it serves as the witness, masked at the removed
-    channels, and a :class:`VerificationError` names the first layer where the two disagree.
+    channels, and a :class:`VerificationError` names the first layer where the two disagree (or the layer
+    where the pruned model stops running, or the group the graph library failed on).
+
+    ``on_mismatch="exclude"``: instead of raising (a :class:`VerificationError`, or a :class:`PruneError` for
+    a group the model cannot lose these channels from), find the groups whose surgery fails on its own
+    (each verified alone on a fresh copy of ``original``), drop them, redo the surgery of the rest on a
+    fresh copy and verify again; a warning names the excluded groups, and ``report.excluded`` lists them
+    (index, name, channels that were to go, reason). Mistakes in the plan itself (unknown group, index
+    out of range, a whole group) are raised in either mode. ``graph`` is then updated in place to describe
+    the fresh copy (``graph.model`` is the returned pruned model), so callers holding it stay consistent.
+
     Returns the pruned model (``graph.model``) and a report.
     """
+    if on_mismatch not in ON_MISMATCH:
+        raise ConfigError(f"on_mismatch must be one of {', '.join(map(repr, ON_MISMATCH))}, not {on_mismatch!r}.")
     plan = {int(g): sorted(set(int(i) for i in idxs)) for g, idxs in plan.items() if len(idxs)}
-    pruned = graph.model
-    example_inputs = graph.example_inputs
-    t0 = time.perf_counter()
-    sites = mask_sites(graph, plan)
-    expected = {}
-    for gi, idxs in plan.items():
-        for member in graph.groups[gi].producers:
-            expected[member.name] = member.module.weight.shape[0] - sum(1 for r in member.root_idxs if r in set(idxs))
-    graph.remove(plan)
-    remove_seconds = time.perf_counter() - t0
-
-    modules = dict(pruned.named_modules())
-    for name, want in expected.items():
-        got = modules[name].weight.shape[0]
-        if got != want:
-            raise VerificationError(
-                f"the removal did not take effect on layer {name!r}: it has {got} output channels, expected {want}; "
-                "this model is not handled by the graph library, exclude that layer with ignored_layers."
-            )
-
-    report = SurgeryReport(plan, False, None, 0.0, remove_seconds)
-    if not verify or not plan:
-        return pruned, report
-    t0 = time.perf_counter()
-    witness = copy.deepcopy(original).double().eval()
-    check = copy.deepcopy(pruned).double().eval()
-    if probe is None:
-        gen = torch.Generator().manual_seed(0)
-        probe = torch.randn((4,) + tuple(example_inputs.shape[1:]), generator=gen)
-    probe = probe.double()
-    handles = mask_hooks(witness, sites)
+    _check_plan(graph, plan)
     try:
-        with torch.no_grad():
-            expected_out = witness(probe)
-            got_out = check(probe)
-        error = _relative_error(got_out, expected_out)
-        if not error <= tolerance:
-            where = _first_divergence(witness, check, probe, tolerance)
-            raise VerificationError(
-                f"the pruned model disagrees with the original masked at the removed channels "
-                f"(relative error {error:.2e}); first divergence at {where!r}. "
-                "Exclude that layer with ignored_layers, or pass verify=False to skip this check."
-            )
-    finally:
-        for h in handles:
-            h.remove()
-    report.verified, report.max_rel_error = True, error
-    report.verify_seconds = time.perf_counter() - t0
+        return _surgery(graph, plan, original, verify, probe, tolerance)
+    except PruneError as exc:  # VerificationError, or a group this model cannot lose these channels from
+        if on_mismatch != "exclude":
+            raise
+        first = exc
+
+    # graph.model is half-pruned now: every further attempt works on a fresh copy of the original.
+    t0 = time.perf_counter()
+    bad: dict[int, str] = {}
+    for gi, idxs in plan.items():
+        try:
+            _surgery(_fresh_graph(graph, original), {gi: idxs}, original, True, probe, tolerance)
+        except PruneError as exc:
+            bad[gi] = str(exc)
+    kept = {gi: idxs for gi, idxs in plan.items() if gi not in bad}
+    try:
+        _surgery(_fresh_graph(graph, original), kept, original, True, probe, tolerance)
+    except PruneError:
+        # every group passes alone but some combination does not: add groups one at a time
+        accepted: dict[int, list[int]] = {}
+        for gi, idxs in kept.items():
+            trial = {**accepted, gi: idxs}
+            try:
+                _surgery(_fresh_graph(graph, original), trial, original, True, probe, tolerance)
+                accepted = trial
+            except PruneError as exc:
+                bad[gi] = f"fails together with the groups before it: {exc}"
+        kept = accepted
+    fresh = _fresh_graph(graph, original)
+    pruned, report = _surgery(fresh, kept, original, verify, probe, tolerance)
+    graph.__dict__.update(fresh.__dict__)
+    report.excluded = [{"index": gi, "name": graph.groups[gi].name, "channels": len(plan[gi]), "reason": bad[gi]}
+                       for gi in sorted(bad)]
+    report.remove_seconds += time.perf_counter() - t0  # the search is part of the surgery's cost
+    names = ", ".join(repr(graph.groups[gi].name) for gi in sorted(bad)) or "none"
+    warnings.warn(
+        f"verified surgery excluded {len(bad)} group(s) it could not carry out correctly ({names}); "
+        f"they keep all their channels (first error: {first})",
+        stacklevel=2,
+    )
     return pruned, report
 
 

@@ -16,7 +16,7 @@ def test_random_plans_verify(zoo_name):
     gen = torch.Generator().manual_seed(1)
     plan = {g.index: torch.randperm(g.channels, generator=gen)[: g.channels // 2].tolist() for g in graph.groups}
     pruned, report = prune_copy(model, plan, x[:1])
-    assert report.verified and report.max_rel_error < 1e-10
+    assert report.verified and report.max_rel_error < 1e-5  # float32 check (surgery.TOLERANCE)
 
 
 def test_wrong_consumer_mapping_is_caught():
