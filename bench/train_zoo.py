@@ -21,7 +21,7 @@ import torch
 import chanprune
 from chanprune._atomic import write_text_atomic
 from chanprune.engine import TrainConfig, evaluate, train
-from chanprune.measure import count_macs_params
+from chanprune.measurement import count_macs_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from chanprune.errors import ConfigError
-from chanprune.measure import count_macs_params, latency, measure
+from chanprune.measurement import count_macs_params, latency, measure
 
 
 @pytest.fixture(autouse=True)
@@ -95,3 +95,13 @@ def test_measure_with_baseline():
     assert 0 < res["mac_ratio"] < 1 and 0 < res["param_ratio"] < 1
     alone = measure(small, data, batch_sizes=(1,), repeats=2, accuracy=False)
     assert alone["accuracy"] is None and "speedup" not in alone
+
+
+def test_top_level_measure_stays_the_function():
+    """Importing the measurement submodule must not replace chanprune.measure (the function)."""
+    import importlib
+
+    import chanprune
+
+    importlib.import_module("chanprune.measurement")
+    assert callable(chanprune.measure) and chanprune.measure.__name__ == "measure"

@@ -25,7 +25,7 @@ _EXPORTS = {
     "train": "chanprune.engine",
     "finetune": "chanprune.engine",
     "TrainConfig": "chanprune.engine",
-    "measure": "chanprune.measure",
+    "measure": "chanprune.measurement",
     "save": "chanprune.io",
     "load": "chanprune.io",
     "analyze": "chanprune.analysis",

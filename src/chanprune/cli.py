@@ -59,9 +59,8 @@ def _data(name: str, root: Optional[str]):
 
 
 def _measure(*args, **kwargs):
-    # not chanprune.measure: once the submodule chanprune.measure is imported (e.g. `from chanprune.measure
-    # import latency`), the package attribute of that name is the module, not the function
-    from .measure import measure
+    # the function lives in chanprune.measurement; a submodule named like the function would shadow it
+    from .measurement import measure
 
     return measure(*args, **kwargs)
 
@@ -132,7 +131,7 @@ def info(target: Optional[str] = typer.Argument(None, help="a saved model stem; 
         console.print("Data sets: " + ", ".join(chanprune.list_datasets()))
         return
     from .io import read_spec
-    from .measure import count_macs_params
+    from .measurement import count_macs_params
 
     spec = read_spec(target)
     model = _load_model(target)
