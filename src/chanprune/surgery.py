@@ -16,8 +16,10 @@ producer must end with the planned number of channels (a removal that silently d
 Cost: the witness is the caller's model itself, run with temporary forward hooks under
 ``torch.inference_mode()`` in eval mode (its training flags are restored afterwards; nothing is copied or
 cast), and the pruned model is run as it is — both in float32 on a small probe batch (``PROBE_SIZE``
-images: prune() passes its first calibration images, else a random one), with a relative tolerance of
-1e-5 per compared tensor. Only when that fails is the comparison repeated in float64 (on cast copies of
+images: prune() passes its first calibration images, else a random one), centre-cropped to
+``PROBE_SIDE`` pixels a side when the model accepts that size (which channel feeds which does not depend
+on the spatial size; a model that needs its full input size, e.g. a flatten into a Linear, is probed at
+full size), with a relative tolerance of 1e-5 per compared tensor. Only when that fails is the comparison repeated in float64 (on cast copies of
 the tensors), which rules out float32 rounding; the error then names the first layer, in execution
 order, whose output diverges.
 
@@ -41,6 +43,7 @@ from .graph import PruningGraph
 
 TOLERANCE = 1e-5  # relative error allowed between the pruned model and the masked original
 PROBE_SIZE = 1  # images in the probe batch: prune() takes this many calibration images, else random ones
+PROBE_SIDE = 16  # spatial sides of the probe are first cropped to this; the full size is used if the model refuses it
 ON_MISMATCH = ("raise", "exclude")
 _FIX = "pass on_mismatch='exclude' to drop the offending groups, exclude their layers with ignored_layers, or pass verify=False to skip this check"
 
@@ -53,6 +56,7 @@ class SurgeryReport:
     verify_seconds: float
     remove_seconds: float
     excluded: list[dict] = field(default_factory=list)  # groups dropped by on_mismatch="exclude": index, name, reason
+    probe_shape: tuple[int, ...] = ()  # the input the verification ran on
 
 
 def mask_sites(graph: PruningGraph, plan: Mapping[int, Sequence[int]]) -> dict[str, list[int]]:
@@ -357,6 +361,18 @@ def _check_layers_kept(graph: PruningGraph, plan: Mapping[int, Sequence[int]]) -
                     "branches); keep at least one channel of every layer, or pass on_mismatch='exclude' to skip the group.")
 
 
+def _crop(probe: torch.Tensor) -> torch.Tensor:
+    """The centre crop of ``probe`` with every spatial side at most ``PROBE_SIDE`` (``probe`` itself if none is larger)."""
+    if probe.dim() < 3 or all(n <= PROBE_SIDE for n in probe.shape[2:]):
+        return probe
+    out = probe
+    for dim in range(2, probe.dim()):
+        n = probe.shape[dim]
+        if n > PROBE_SIDE:
+            out = out.narrow(dim, (n - PROBE_SIDE) // 2, PROBE_SIDE)
+    return out.contiguous()
+
+
 def _surgery(graph: PruningGraph, plan: dict[int, list[int]], original: nn.Module, verify: bool,
              probe: torch.Tensor | None, tolerance: float) -> tuple[nn.Module, SurgeryReport]:
     pruned = graph.model
@@ -404,7 +420,15 @@ def _surgery(graph: PruningGraph, plan: dict[int, list[int]], original: nn.Modul
         probe = torch.randn((PROBE_SIZE,) + tuple(graph.example_inputs.shape[1:]), generator=gen)
     dtype = torch.float64 if _first_float_dtype(original) == torch.float64 else torch.float32
     consumers = sorted({m.name for gi in plan for m in graph.groups[gi].consumers})
-    error, where = _compare(original, pruned, probe, dtype, sites, consumers, tolerance)
+    small = _crop(probe)
+    if small is not probe:
+        try:  # channel mappings do not depend on the spatial size, so a crop checks them for less
+            error, where = _compare(original, pruned, small, dtype, sites, consumers, tolerance)
+            probe = small
+        except ModelError:  # the model needs its full input size (flatten into a Linear, fixed reshapes)
+            error, where = _compare(original, pruned, probe, dtype, sites, consumers, tolerance)
+    else:
+        error, where = _compare(original, pruned, probe, dtype, sites, consumers, tolerance)
     if where is not None and dtype != torch.float64:
         # rule out float32 rounding: the same comparison in float64 (on cast copies of the tensors only)
         error, where = _compare(original, pruned, probe, torch.float64, sites, consumers, tolerance)
@@ -413,7 +437,7 @@ def _surgery(graph: PruningGraph, plan: dict[int, list[int]], original: nn.Modul
             f"the pruned model disagrees with the original masked at the removed channels "
             f"(relative error {error:.2e}, first divergence at {where!r}); {_FIX}."
         )
-    report.verified, report.max_rel_error = True, error
+    report.verified, report.max_rel_error, report.probe_shape = True, error, tuple(probe.shape)
     report.verify_seconds = time.perf_counter() - t0
     return pruned, report
 

@@ -6,6 +6,10 @@ from chanprune.errors import VerificationError
 from chanprune.graph import PruningGraph
 from chanprune.surgery import apply_plan, prune_copy
 import copy
+
+from torch import nn
+
+from chanprune import surgery
 from tests.conftest import calib, tiny
 
 
@@ -38,3 +42,39 @@ def test_wrong_consumer_mapping_is_caught():
         apply_plan(graph, {0: [0, 2]}, model)
     # the caller's model is untouched
     assert torch.equal(model(x), tiny("lenet5")(x))
+
+
+def _sabotage(graph, group):
+    original_remove = graph.remove
+
+    def sabotaged(plan):
+        original_remove(plan)
+        consumer = group.consumers[0].module
+        with torch.no_grad():
+            consumer.weight.copy_(consumer.weight.roll(1, dims=1))
+
+    graph.remove = sabotaged
+
+
+def test_large_inputs_are_verified_on_a_crop_and_a_wrong_mapping_is_still_caught():
+    model = tiny("resnet20")
+    x, _ = calib(2, size=28)
+    pruned, report = prune_copy(model, {0: [0, 1]}, x[:1])
+    assert report.verified and report.probe_shape == (1, 1, surgery.PROBE_SIDE, surgery.PROBE_SIDE)
+    graph = PruningGraph(copy.deepcopy(model), x[:1])
+    _sabotage(graph, graph.groups[0])
+    with pytest.raises(VerificationError, match="first divergence"):
+        apply_plan(graph, {0: [0, 1]}, model, probe=x[:1])
+
+
+def test_a_model_that_needs_its_full_input_size_is_verified_at_full_size():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(4 * 20 * 20, 10)).eval()
+    x = torch.randn(1, 1, 20, 20)
+    pruned, report = prune_copy(model, {0: [1, 3]}, x)
+    assert report.verified and report.probe_shape == (1, 1, 20, 20)
+    graph = PruningGraph(copy.deepcopy(model), x)
+    _sabotage(graph, graph.groups[0])
+    with pytest.raises(VerificationError, match="first divergence"):
+        apply_plan(graph, {graph.groups[0].index: [1, 3]}, model, probe=x)
