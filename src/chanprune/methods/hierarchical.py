@@ -91,14 +91,22 @@ def pivoted_cholesky(gram: torch.Tensor, tiebreak: torch.Tensor | None = None, r
 
 
 def _proportional(channels, floor, round_to, exceed: bool):
+    """Widths w_l(s) = n_l − s·(n_l − k_l): every group gives up the same share of its redundancy.
+
+    With ``exceed`` the knob runs on to s = 2: past s = 1 every group sits at its floor k_l, and the
+    floors shrink together, w_l = k_l − (s − 1)·(k_l − 1), so any target down to one channel per group
+    is reachable without sending the most redundant groups to a single channel first.
+    """
     if not exceed:
         return alloc.uniform(channels, round_to=round_to, floor=floor)
-    # beyond the analysis: keep cutting in proportion to redundancy n_l − k_l, down to one channel
-    reach = max(((n - 1) / (n - k) for n, k in zip(channels, floor) if n > k), default=1.0)
 
-    def widths(s: float) -> list[int]:
-        t = s * max(1.0, reach)
-        return [max(1, resolve_round_to(n - round(t * (n - k)), n, round_to)) for n, k in zip(channels, floor)]
+    def widths(t: float) -> list[int]:
+        s = 2.0 * t
+        if s <= 1.0:
+            raw = [n - s * (n - k) for n, k in zip(channels, floor)]
+        else:
+            raw = [k - (s - 1.0) * (k - 1) for k in floor]
+        return [max(1, resolve_round_to(max(1, round(w)), n, round_to)) for w, n in zip(raw, channels)]
 
     return widths
 
