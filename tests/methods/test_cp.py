@@ -23,22 +23,32 @@ def _design(rows=300, c=24, useful=8, seed=0):
     return Z, Z @ beta + 0.05 * torch.randn(rows, generator=g, dtype=torch.float64) + 2.0
 
 
+@pytest.mark.parametrize("solver", ["lars", "cd"])
 @pytest.mark.parametrize("keep", [1, 3, 8, 12, 20])
-def test_lasso_lands_on_the_channel_count(keep):
-    """Verify 4: the bisection reaches c′ ≤ |S| ≤ 1.1c′ (or says it did not); |S| is then exactly c′."""
+def test_lasso_lands_on_the_channel_count(keep, solver):
+    """Verify 4: the search reaches c′ ≤ |S| ≤ 1.1c′ (or says it did not); |S| is then exactly c′. The exact
+    path lands on c′ itself, and the LASSO solution there has exactly the selected support."""
     Z, y = _design()
-    sel = lasso_select(Z, y, keep=keep, tol=0.1)
+    sel = lasso_select(Z, y, keep=keep, tol=0.1, solver=solver)
     assert len(sel.selected) == keep == len(set(sel.selected))
     if sel.success:
         assert keep <= sel.lasso_count <= 1.1 * keep
     if keep <= 8:  # the true support is found first
         assert sel.success and set(sel.selected) <= set(range(8))
+    if solver == "lars":
+        from sklearn.linear_model import Lasso
+
+        assert sel.success and sel.lasso_count == keep
+        Zc, yc = (Z - Z.mean(0)).numpy(), (y - y.mean()).numpy()
+        coef = Lasso(alpha=sel.alpha, fit_intercept=False, tol=1e-12, max_iter=100_000).fit(Zc, yc).coef_
+        assert sorted(int(i) for i in (abs(coef) > 1e-8).nonzero()[0]) == sel.selected
 
 
-def test_lasso_reports_failure_on_dead_columns():
+@pytest.mark.parametrize("solver", ["lars", "cd"])
+def test_lasso_reports_failure_on_dead_columns(solver):
     Z, y = _design()
     Z[:, 4:] = 0.0  # only 4 live columns: no penalty keeps 6 of them
-    sel = lasso_select(Z, y, keep=6)
+    sel = lasso_select(Z, y, keep=6, solver=solver)
     assert not sel.success and len(sel.selected) == 6 and set(range(4)) <= set(sel.selected)
 
 
@@ -124,3 +134,169 @@ def test_cp_config_is_checked():
         CPConfig(points_per_image=0)
     with pytest.raises(ConfigError, match="allocation"):
         CPConfig(allocation="global")
+    with pytest.raises(ConfigError, match="lasso_solver"):
+        CPConfig(lasso_solver="newton")
+
+
+# --------------------------------------------------------------------------- multi-branch (shortcut correction)
+
+
+def _pre_relu(model, x, blocks):
+    """{block: (pre-ReLU sum a⊙z + c + s, branch output a⊙z + c)} flattened to (N·L, C), at every position."""
+    got, mods = {}, dict(model.named_modules())
+
+    def flat(t):
+        return t.reshape(t.shape[0], t.shape[1], -1).transpose(1, 2).reshape(-1, t.shape[1]).double()
+
+    hooks = []
+    for b in blocks:
+        hooks.append(mods[b + ".relu2"].register_forward_pre_hook(lambda _m, i, b=b: got.__setitem__((b, "sum"), flat(i[0]))))
+        hooks.append(mods[b + ".bn2"].register_forward_hook(lambda _m, _i, o, b=b: got.__setitem__((b, "branch"), flat(o))))
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return got
+
+
+def test_shortcut_rows_are_the_addition_operand_at_the_sampled_positions():
+    """a⊙(XWᵀ) + c + S equals the block's pre-ReLU sum at the positions consumer_rows samples."""
+    from chanprune.methods.cp import branch_ends, shortcut_rows
+    from chanprune.recovery import consumer_rows
+    from chanprune.recovery.stats import sample_positions
+
+    model = tiny("resnet20")
+    x, y = calib(24)
+    batches = [(x[:16], y[:16]), (x[16:], y[16:])]
+    names = ["layer1.1.conv2", "layer2.0.conv2", "layer3.2.conv2", "layer2.0.conv1", "fc"]
+    ends = branch_ends(PruningGraph(copy.deepcopy(model), x[:1]), names)
+    assert sorted(ends) == ["layer1.1.conv2", "layer2.0.conv2", "layer3.2.conv2"]  # conv1 → ReLU, fc → output
+    S = shortcut_rows(model, ends, batches, 5, 3)
+    X = consumer_rows(model, list(ends), batches, 5, 3)
+    mods = dict(model.named_modules())
+    for n, end in ends.items():
+        block = n.rsplit(".", 1)[0]
+        want = []
+        for bi, (xb, _) in enumerate(batches):
+            v = _pre_relu(model, xb, [block])[(block, "sum")].reshape(len(xb), -1, S[n].shape[1])
+            pos = sample_positions(n, 3, bi, v.shape[0], v.shape[1], 5)
+            want.append(torch.gather(v, 1, pos[:, :, None].expand(-1, -1, v.shape[2])).reshape(-1, v.shape[2]))
+        bn = mods[block + ".bn2"]
+        z = X[n] @ mods[n].weight.detach().reshape(len(end.scale), -1).double().T
+        c = bn.bias.detach().double() - end.scale * bn.running_mean.double()
+        assert float((end.scale * z + c + S[n] - torch.cat(want)).abs().max()) < 1e-4
+
+
+def test_shortcut_correction_minimises_the_block_error_on_the_calibration_rows():
+    """With every position sampled and no ridge, the refit with the correction is the least-squares optimum of
+    the block's sum a⊙z′ + c + s′ against the original sum: no refit of the same layer from the same inputs
+    that aims at the branch output alone (no correction) gets a lower block error, and where the shortcut
+    carries an error it gets a strictly higher one. A wrong sign or scale of the correction fails this."""
+    model = tiny("resnet20")
+    x, y = calib(24)
+    cfg = CPConfig(ratio=0.5, calibration=24, ridge=0.0, points_per_image=144)
+    pruned = chanprune.prune(model, cfg, data=(x, y), example_inputs=x[:1])
+    layers = pruned.chanprune_history[-1]["cp"]["layers"]
+    blocks = ["layer1.1", "layer1.2", "layer2.1", "layer2.2"]
+    ref, got = _pre_relu(model, x, blocks), _pre_relu(pruned, x, blocks)
+    from chanprune.recovery import consumer_rows, lstsq_refit
+
+    mods, pmods = dict(model.named_modules()), dict(pruned.named_modules())
+    for b in blocks:
+        conv = b + ".conv2"
+        assert layers[b + ".conv1"]["shortcut_correction"] > 0.01  # upstream blocks were pruned
+        Xp = consumer_rows(pruned, [conv], [(x, y)], 10_000)[conv]
+        Xo = consumer_rows(model, [conv], [(x, y)], 10_000)[conv]
+        W = mods[conv].weight.detach().reshape(mods[conv].weight.shape[0], -1).double()
+        w_u, b_u = lstsq_refit(Xp, Xo @ W.T, list(range(Xp.shape[1])))  # branch output alone
+        bn = mods[b + ".bn2"]
+        a = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        shortcut = got[(b, "sum")] - got[(b, "branch")]
+        alt = a * (Xp @ w_u.T + b_u) + bn.bias.detach().double() - a * bn.running_mean.double() + shortcut
+        e_corr = float((got[(b, "sum")] - ref[(b, "sum")]).pow(2).sum())
+        e_alt = float((alt - ref[(b, "sum")]).pow(2).sum())
+        assert e_corr <= e_alt * (1 + 1e-6), (b, e_corr, e_alt)
+        assert e_corr < 0.99 * e_alt, (b, e_corr, e_alt)
+        # and it is the optimum itself: the refit fitted directly to the block's sum does no better
+        c = bn.bias.detach().double() - a * bn.running_mean.double()
+        w_o, b_o = lstsq_refit(Xp, (ref[(b, "sum")] - c - shortcut) / a, list(range(Xp.shape[1])))
+        e_opt = float((a * (Xp @ w_o.T + b_o) + c + shortcut - ref[(b, "sum")]).pow(2).sum())
+        assert e_corr == pytest.approx(e_opt, rel=1e-5), (b, e_corr, e_opt)
+        assert pmods[conv].weight.shape[1] < mods[conv].weight.shape[1]
+
+
+def test_shortcut_correction_lowers_the_block_error_on_other_images():
+    """Stage-1 blocks pruned (later stages kept whole), 128 calibration images: on held-out images the
+    last pruned block's output (pre- and post-ReLU) is closer to the original with the correction."""
+    keep_whole = tuple(f"layer{s}.{i}.conv1" for s in (2, 3) for i in range(3))
+    for seed in range(2):
+        model = tiny("resnet20", seed=seed)
+        x, y = calib(128, seed=seed)
+        xt, _ = calib(48, seed=50 + seed)
+        ref = _pre_relu(model, xt, ["layer1.2"])[("layer1.2", "sum")]
+        errs = {}
+        for corr in (True, False):
+            cfg = CPConfig(ratio=0.5, calibration=128, residual_correction=corr, ignored_layers=keep_whole)
+            pruned = chanprune.prune(model, cfg, data=(x, y), example_inputs=x[:1])
+            got = _pre_relu(pruned, xt, ["layer1.2"])[("layer1.2", "sum")]
+            errs[corr] = (float((got - ref).norm() / ref.norm()), float((got.relu() - ref.relu()).norm() / ref.relu().norm()))
+            assert ("branch_ends" in pruned.chanprune_history[-1]["cp"]) and (bool(pruned.chanprune_history[-1]["cp"]["branch_ends"]) == corr)
+        assert errs[True][0] < errs[False][0] and errs[True][1] < errs[False][1], (seed, errs)
+
+
+def _plant_duplicate(model, block: str, src: int, dst: int):
+    """Inner channel ``dst`` of ``block`` becomes an exact copy of ``src`` (filter and BN entries), read by conv2
+    with small weights (0.1 × a random column of conv2). It is exactly redundant: conv2's refit can move its
+    share onto the twin (W′_src = W_src + W_dst) with no error.
+
+    The LASSO does not look for redundancy: with W fixed it drops the channel whose scaled contribution the
+    fit misses least. The fixture therefore makes the twin the weakest channel (small weights; the BN shift is
+    raised so that no inner channel is nearly dead; 8 input channels so the others are not nearly collinear)."""
+    mods = dict(model.named_modules())
+    g = torch.Generator().manual_seed(src * 31 + dst)
+    with torch.no_grad():
+        mods[block + ".bn1"].bias += 0.5
+        mods[block + ".conv1"].weight[dst] = mods[block + ".conv1"].weight[src]
+        for name in ("running_mean", "running_var", "weight", "bias"):
+            getattr(mods[block + ".bn1"], name)[dst] = getattr(mods[block + ".bn1"], name)[src]
+        w = mods[block + ".conv2"].weight
+        w[:, dst] = 0.1 * w[:, torch.randint(0, w.shape[1], (1,), generator=g).item()]
+
+
+def test_planted_redundant_channels_are_restored_inside_residual_blocks():
+    """A redundant inner channel is the one CP removes, conv2's refit moves its share onto the twin
+    (W′_src = W_src + W_dst), and the block outputs and logits are restored to < 1e-4, block after block."""
+    model = tiny("resnet20", in_channels=8)
+    planted = {"layer1.0": (2, 7), "layer1.2": (5, 1)}
+    for block, (src, dst) in planted.items():
+        _plant_duplicate(model, block, src, dst)
+    keep_whole = ("layer1.1.conv1",) + tuple(f"layer{s}.{i}.conv1" for s in (2, 3) for i in range(3))
+    x, y = calib(32, in_channels=8)
+    xt, _ = calib(16, in_channels=8, seed=9)
+    cfg = CPConfig(ratio=0.125, calibration=32, ridge=0.0, ignored_layers=keep_whole)
+    pruned = chanprune.prune(model, cfg, data=(x, y), example_inputs=x[:1])
+    kept = {g["name"]: g["kept"] for g in pruned.chanprune_history[-1]["groups"]}
+    assert kept["layer1.0.conv1"] == kept["layer1.2.conv1"] == 7
+    for block, (src, dst) in planted.items():
+        w = model.get_submodule(block + ".conv2").weight.detach()
+        want = w[:, src] + w[:, dst]  # the twin's share moved onto the kept channel
+        got = pruned.get_submodule(block + ".conv2").weight.detach()
+        err = min(float((got[:, j] - want).norm() / want.norm()) for j in range(got.shape[1]))
+        assert err < 1e-4, (block, err)
+    blocks = ["layer1.0", "layer1.1", "layer1.2"]
+    ref, got = _pre_relu(model, xt, blocks), _pre_relu(pruned, xt, blocks)
+    for b in blocks:
+        r, g = ref[(b, "sum")], got[(b, "sum")]
+        assert float((g - r).norm() / r.norm()) < 1e-4, b
+    with torch.no_grad():
+        out, want = pruned(xt), model(xt)
+    assert float((out - want).norm() / want.norm()) < 1e-4
+    # not trivially true: the same channels zeroed without the refit lose the twins' share
+    from chanprune.surgery import mask_hooks
+
+    masked = copy.deepcopy(model)
+    hooks = mask_hooks(masked, {b + ".bn1": [dst] for b, (_src, dst) in planted.items()})
+    with torch.no_grad():
+        assert float((masked(xt) - want).norm() / want.norm()) > 1e-2
+    for h in hooks:
+        h.remove()

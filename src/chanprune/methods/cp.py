@@ -8,11 +8,12 @@ Layer by layer from the input side, for every group CP may prune:
                ``min_rows_per_input``·(D + 1) rows (the paper samples 5000 images, a calibration set
                here is often ~100), more positions per image are taken so the refit is not underdetermined
   select (i)   β = argmin (1/2N)‖vec Y_r − Zβ‖² + α‖β‖₁, Z_j = vec(X_jW_jᵀ)/‖W_j‖_F on min(``lasso_rows``, M)
-               random rows (the code's min(400, M/20) assumes M ≈ 50 000 rows), solved by scikit-learn's
-               Lasso on an equivalent (c+1)-row design built from ZᵀZ, so Z (Mn × c) is never formed;
-               α's upper bound doubles until fewer than c′
-               channels survive, then α is bisected until c′ ≤ |S| ≤ (1 + rank_tol)c′; |S| is not
-               assumed monotone in α, and if the window is missed the smallest |S| ≥ c′ seen is used.
+               random rows (the code's min(400, M/20) assumes M ≈ 50 000 rows), from the statistics ZᵀZ,
+               Zᵀy (Z, Mn × c, is never formed). ``lasso_solver="lars"`` (default): the exact LASSO path
+               (scikit-learn's ``lars_path_gram``), taking the largest α with exactly c′ non-zeros;
+               ``"cd"``: CP's code — coordinate-descent ``Lasso`` with α's upper bound doubled until fewer
+               than c′ channels survive, then bisected until c′ ≤ |S| ≤ (1 + rank_tol)c′.
+               |S| is not assumed monotone in α; if the window is missed the smallest |S| ≥ c′ is used.
                S is then trimmed to exactly c′ by |β|
   refit (ii)   [W′, b′] = argmin ‖Y − X_SW′ᵀ − 1b′ᵀ‖² on all rows (intercept fitted; ``ridge``·tr(Σ̃)/D
                added to the normal equations, default 1e-3, which keeps refits from small calibration
@@ -27,9 +28,19 @@ Per-layer budgets c′ come from the shared MAC/params-target search over the un
 the groups CP prunes; a group left at full width is neither selected nor refit. Y_r is Y minus the contribution of the consumer's other (kept) inputs, which
 matters for consumers reading a concatenation (DenseNet).
 
-Not implemented: the *multi-branch* case (residual streams stay unpruned: only groups with a single
-non-depthwise producer are pruned, so the shortcut correction Y_b + (Y_s − Y_s′) and the channel sampler
-are not needed), the alternating schedule, and the "3C" factorisations.
+Multi-branch (§3.3 of the paper, ``residual_correction``, on by default): residual streams stay
+unpruned (only groups with a single non-depthwise producer are pruned, so inside a residual block the
+inner convolutions lose channels), and the last convolution of a branch — a consumer whose output
+reaches an addition only through BatchNorms, y_add = a⊙z + c + s — is refit to the original branch
+output *plus the error the shortcut now carries*: z* = Y_b + (Y_s − Y_s′)/a, Y_s the shortcut operand of
+the addition in the original network and Y_s′ in the network pruned so far, both at the sampled
+positions, a the BatchNorms' per-channel scale γ/√(v+ε) (channels with |a| ≈ 0 get no correction). The
+least squares decouples over output channels, so this minimises the error of the block's sum itself.
+The corrected target is used by the LASSO selection and by the refit. With ``source_X="original"``
+nothing upstream has changed in the samples, so there is no correction.
+
+Not implemented: the paper's channel sampler in front of a branch's first layer (block inputs are never
+pruned here), the alternating schedule, and the "3C" factorisations.
 """
 from __future__ import annotations
 
@@ -41,6 +52,8 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from .. import allocation as alloc
 from ..api import PruneSession, register_method
@@ -48,7 +61,7 @@ from ..config import PruneConfig
 from ..errors import ConfigError
 from ..recovery.compensation import Compensation, NormFolds, is_residual, kept_channels, write_consumer
 from ..recovery.lstsq import lstsq_refit
-from ..recovery.stats import columns, consumer_rows, supported, weight_matrix
+from ..recovery.stats import columns, consumer_rows, sample_positions, supported, weight_matrix
 from ..surgery import mask_hooks, mask_sites
 
 
@@ -65,6 +78,8 @@ class CPConfig(PruneConfig):
     fit_intercept: bool = True
     ridge: float = 1e-3
     source_X: str = "pruned"
+    residual_correction: bool = True
+    lasso_solver: str = "lars"
     calibration: int = 128
 
     def __post_init__(self):
@@ -79,6 +94,9 @@ class CPConfig(PruneConfig):
             raise ConfigError(f"rank_tol must lie in [0, 1], not {self.rank_tol!r}; e.g. rank_tol=0.1.")
         if not (isinstance(self.ridge, (int, float)) and self.ridge >= 0):
             raise ConfigError(f"ridge must be a number >= 0, not {self.ridge!r}.")
+        if self.lasso_solver not in ("lars", "cd"):
+            raise ConfigError(f"lasso_solver must be 'lars' (the exact LASSO path) or 'cd' (coordinate descent with "
+                              f"the penalty bisected, as CP's code), not {self.lasso_solver!r}.")
         if self.source_X not in ("pruned", "original"):
             raise ConfigError(f"source_X must be 'pruned' or 'original', not {self.source_X!r}.")
 
@@ -146,18 +164,28 @@ class LassoStats:
 
 
 def lasso_select(design, y: torch.Tensor | None = None, keep: int = 1, tol: float = 0.1,
-                 max_iter: int = 40) -> Selection:
-    """Pick ``keep`` columns by LASSO with the penalty searched as CP's code does (see module doc).
+                 max_iter: int = 40, solver: str = "lars") -> Selection:
+    """Pick ``keep`` columns by LASSO, min (1/2N)‖y − Zβ‖² + α‖β‖₁, with α searched for the count.
 
-    ``design`` is Z (with ``y``) or a :class:`LassoStats`. The intercept is removed by centring. The fit
-    runs on an equivalent (c+1) × c design Z′, y′ with [Z′ y′]ᵀ[Z′ y′] = [Z y]ᵀ[Z y] (centred) and the
-    penalty rescaled by N/(c+1), which has the same minimiser as (1/2N)‖y − Zβ‖² + α‖β‖₁. Columns that
-    are constant (dead channels) are never selected by the LASSO; when at most ``keep`` are alive it is
-    skipped (all live channels stay, dead ones fill up by index; ``success`` is then False).
+    ``design`` is Z (with ``y``) or a :class:`LassoStats`. The intercept is removed by centring.
+
+    ``solver="lars"`` (default) computes the exact LASSO path from ZᵀZ and Zᵀy (scikit-learn's
+    ``lars_path_gram``, method ``"lasso"``) and reads off the largest α whose solution has exactly
+    ``keep`` non-zeros — at the path's knots and between them (variables can also leave the active set,
+    so |S| is not assumed monotone in α); failing that, the largest α with c′ ≤ |S| ≤ (1 + tol)c′, else
+    the smallest |S| ≥ c′ (``success`` False). ``solver="cd"`` is CP's code: scikit-learn's coordinate
+    descent ``Lasso`` with α's upper bound doubled, then bisected (at most ``max_iter`` fits) until
+    c′ ≤ |S| ≤ (1 + tol)c′, on an equivalent (c+1) × c design Z′, y′ with [Z′ y′]ᵀ[Z′ y′] = [Z y]ᵀ[Z y]
+    (centred) and the penalty rescaled by N/(c+1). Where the LASSO minimiser is unique both give it
+    (coordinate descent to its tolerance); the path lands on c′ exactly more often, so the final trim of
+    S to ``keep`` by |β| (both solvers) rarely has anything to do. With collinear columns the minimiser
+    is not unique and the two may zero different ones.
+
+    Columns that are constant (dead channels) are never selected by the LASSO; when at most ``keep``
+    are alive it is skipped (all live channels stay, dead ones fill up by index; ``success`` is then False).
     """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import Lasso
-
+    if solver not in ("lars", "cd"):
+        raise ConfigError(f"solver must be 'lars' or 'cd', not {solver!r}.")
     stats = design if isinstance(design, LassoStats) else LassoStats.from_design(design, y)
     gram, zy, yy = stats.centred()
     c, rows = gram.shape[0], max(stats.rows, 1)
@@ -170,6 +198,11 @@ def lasso_select(design, y: torch.Tensor | None = None, keep: int = 1, tol: floa
     alpha_max = float(zy.abs().max()) / rows
     if live <= keep or alpha_max <= 0:  # every live channel stays; dead ones fill up by index
         return _trim(diag.clamp_min(0), keep, 0.0, live, False, 0)
+    if solver == "lars":
+        return _lars_select(gram, zy, rows, keep, tol, live)
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import Lasso
+
     aug = torch.zeros(c + 1, c + 1, dtype=torch.float64)
     aug[:c, :c], aug[:c, c], aug[c, :c], aug[c, c] = gram, zy, zy, yy
     evals, evecs = torch.linalg.eigh((aug + aug.T) / 2)
@@ -217,9 +250,174 @@ def lasso_select(design, y: torch.Tensor | None = None, keep: int = 1, tol: floa
     return _trim(best, keep, best_alpha, best_count, success, fits[0])
 
 
+def _lars_select(gram: torch.Tensor, zy: torch.Tensor, rows: int, keep: int, tol: float, live: int) -> Selection:
+    from sklearn.linear_model import lars_path_gram
+
+    dead = torch.diagonal(gram) <= 1e-12 * float(torch.diagonal(gram).max().clamp_min(1e-300))
+    g, v = gram.clone(), zy.clone()
+    g[dead, :] = 0.0
+    g[:, dead] = 0.0
+    g[dead, dead] = 1.0  # a dead column stays out of the path (zero correlation) without a singular Gram
+    v[dead] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "degenerate regressors" / early stopping on collinear columns
+        alphas, _, coefs = lars_path_gram(Xy=v.numpy(), Gram=g.numpy(), n_samples=rows, method="lasso")
+    coefs = torch.from_numpy(np.ascontiguousarray(coefs))
+    alphas = torch.from_numpy(np.ascontiguousarray(alphas))
+    points = [(float(alphas[k]), coefs[:, k]) for k in range(coefs.shape[1])]
+    points += [(float(alphas[k] + alphas[k + 1]) / 2, (coefs[:, k] + coefs[:, k + 1]) / 2) for k in range(coefs.shape[1] - 1)]
+    points.sort(key=lambda p: -p[0])  # largest α (sparsest) first
+    counts = [int((beta != 0).sum()) for _, beta in points]
+    for accept in (lambda n: n == keep, lambda n: keep <= n <= (1 + tol) * keep):
+        for (alpha, beta), n in zip(points, counts):
+            if accept(n):
+                return _trim(beta, keep, alpha, n, True, coefs.shape[1])
+    above = [(n, -alpha, i) for i, ((alpha, _), n) in enumerate(zip(points, counts)) if n >= keep]
+    if above:
+        n, _, i = min(above)
+        return _trim(points[i][1], keep, points[i][0], n, False, coefs.shape[1])
+    # the path never reached keep channels (collinear live columns): least squares ranks them
+    best = torch.linalg.lstsq(gram, zy[:, None], driver="gelsd").solution[:, 0]
+    return _trim(best, keep, 0.0, live, False, coefs.shape[1])
+
+
 def _trim(beta: torch.Tensor, keep: int, alpha: float, count: int, success: bool, fits: int) -> Selection:
     order = torch.argsort(beta.abs(), descending=True, stable=True)
     return Selection(sorted(order[:keep].tolist()), alpha, count, success, fits)
+
+
+# --------------------------------------------------------------------------- multi-branch correction
+
+_ADD_NAMES = {"add", "add_", "__add__", "__iadd__", "__radd__"}
+
+
+@dataclass
+class BranchEnd:
+    """A consumer whose output z reaches an addition through per-channel affine layers only:
+    y_add = a⊙z + c + s. ``last`` is the module whose output is the addition's operand (the consumer
+    itself or its last BatchNorm), ``scale`` is a (one entry per output channel of the consumer)."""
+
+    consumer: str
+    last: str
+    scale: torch.Tensor
+
+
+def _bn_scale(bn: nn.Module) -> torch.Tensor:
+    scale = 1.0 / torch.sqrt(bn.running_var.detach().double().cpu() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach().double().cpu()
+    return scale
+
+
+def branch_ends(graph, names) -> dict[str, BranchEnd]:
+    """{consumer: BranchEnd} for the named consumers that end a branch of a residual addition.
+
+    Read from the traced graph: the consumer's only output goes through BatchNorms (eval mode, running
+    statistics) and then into an elementwise addition; anything else on the way (an activation, a
+    second reader) means the consumer does not end a branch.
+    """
+    modules = dict(graph.model.named_modules())
+    out: dict[str, BranchEnd] = {}
+    for name in names:
+        module = modules[name]
+        node = graph.dg.module2node.get(module)
+        if node is None:
+            continue
+        scale = torch.ones(module.weight.shape[0], dtype=torch.float64)
+        last = name
+        while node is not None and len(node.outputs) == 1:
+            nxt = node.outputs[0]
+            target = nxt.module
+            if isinstance(target, (nn.BatchNorm1d, nn.BatchNorm2d)) and target.running_var is not None:
+                if target.num_features != scale.shape[0]:
+                    break
+                scale = scale * _bn_scale(target)
+                last = graph.names[target]
+                node = nxt
+                continue
+            if type(target).__name__ == "_ElementWiseOp" and "Add" in str(getattr(nxt, "grad_fn", "")):
+                out[name] = BranchEnd(name, last, scale)
+            break
+    return out
+
+
+class _Caught(Exception):
+    """Raised once every addition of interest has been seen (the rest of the forward is skipped)."""
+
+
+class _ShortcutCatcher(TorchFunctionMode):
+    """Records the other operand of every addition that reads a marked tensor (a branch's output)."""
+
+    def __init__(self, marked: dict, found: dict, wanted: int):
+        super().__init__()
+        self.marked, self.found, self.wanted = marked, found, wanted
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in _ADD_NAMES and len(args) >= 2 and "alpha" not in kwargs:
+            for who, tensor in list(self.marked.items()):
+                other = args[1] if args[0] is tensor else args[0] if args[1] is tensor else None
+                if isinstance(other, torch.Tensor) and who not in self.found:
+                    self.found[who] = other.detach().clone()
+            if len(self.found) >= self.wanted:
+                raise _Caught
+        return func(*args, **kwargs)
+
+
+def shortcut_rows(model: nn.Module, ends: dict[str, BranchEnd], batches, points_per_image, seed: int) -> dict[str, torch.Tensor]:
+    """{consumer: S (M × n, float64)}: the shortcut operand of each branch end's addition, at the output
+    positions :func:`chanprune.recovery.consumer_rows` samples for that consumer (same seed and counts),
+    one forward pass over ``batches`` (each stopped once every addition has been seen)."""
+    modules = dict(model.named_modules())
+    rows: dict[str, list[torch.Tensor]] = {n: [] for n in ends}
+    marked: dict[str, torch.Tensor] = {}
+    found: dict[str, torch.Tensor] = {}
+
+    def make(consumer):
+        def hook(_m, _inputs, output):
+            marked[consumer] = output
+
+        return hook
+
+    handles = [modules[e.last].register_forward_hook(make(n)) for n, e in ends.items()]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for bi, batch in enumerate(batches):
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                marked.clear()
+                found.clear()
+                try:
+                    with _ShortcutCatcher(marked, found, len(ends)):
+                        model(x.to(device))
+                except _Caught:
+                    pass
+                for n in ends:
+                    if n not in found:
+                        raise ConfigError(f"the residual addition after layer {n!r} was not seen in the forward pass; "
+                                          "pass residual_correction=False.")
+                    s = found[n]
+                    s = s.reshape(s.shape[0], s.shape[1], -1).transpose(1, 2)  # (N, L, n)
+                    points = int(points_per_image[n] if isinstance(points_per_image, dict) else points_per_image)
+                    pos = sample_positions(n, seed, bi, s.shape[0], s.shape[1], points)
+                    if pos is not None:
+                        s = torch.gather(s, 1, pos.to(s.device)[:, :, None].expand(-1, -1, s.shape[2]))
+                    rows[n].append(s.reshape(-1, s.shape[2]).double().cpu())
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {n: torch.cat(r, 0) for n, r in rows.items() if r}
+
+
+def corrected_target(y: torch.Tensor, s_orig: torch.Tensor, s_pruned: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Y_b + (Y_s − Y_s′)/a; output channels with |a| below 1e-8·max|a| carry no correction."""
+    a = scale.double()
+    live = a.abs() > 1e-8 * float(a.abs().max().clamp_min(1e-300))
+    inv = torch.where(live, 1.0 / torch.where(live, a, torch.ones_like(a)), torch.zeros_like(a))
+    return y + (s_orig - s_pruned) * inv
 
 
 # --------------------------------------------------------------------------- planner
@@ -272,7 +470,7 @@ def _per_root(member) -> dict[int, list[int]]:
     return out
 
 
-def _select(group, xs, y_orig, mods, graph, plan, keep: int, cfg: CPConfig, gen) -> Selection:
+def _select(group, xs, targets, mods, graph, plan, keep: int, cfg: CPConfig, gen) -> Selection:
     """Step (i): LASSO over the group's channels, rows of all its consumers stacked."""
     stats = None
     for member in group.consumers:
@@ -283,11 +481,11 @@ def _select(group, xs, y_orig, mods, graph, plan, keep: int, cfg: CPConfig, gen)
         gone = _removed_inputs(graph, plan, n)
         fixed = columns(mods[n], [i for i in range(_inputs(mods[n])) if i not in mine and i not in gone])
         rows = torch.randperm(X.shape[0], generator=gen)[: min(cfg.lasso_rows, X.shape[0])]
-        target = y_orig[n][rows] - X[rows][:, fixed] @ W[:, fixed].T  # the other (kept) inputs' share
+        target = targets[n][rows] - X[rows][:, fixed] @ W[:, fixed].T  # the other (kept) inputs' share
         blocks = [columns(mods[n], per_root.get(r, [])) for r in range(group.channels)]
         part = LassoStats.from_consumer(X[rows], W, target, blocks)
         stats = part if stats is None else stats + part
-    return lasso_select(stats, keep=keep, tol=cfg.rank_tol)
+    return lasso_select(stats, keep=keep, tol=cfg.rank_tol, solver=cfg.lasso_solver)
 
 
 def _refit(module, X, Y, kept_in, cfg: CPConfig):
@@ -332,6 +530,11 @@ def cp_planner(session: PruneSession) -> dict[int, list[int]]:
         b = orig[n].bias.detach().double().cpu() if orig[n].bias is not None else torch.zeros(W.shape[0], dtype=torch.float64)
         y_orig[n] = x_orig[n] @ W.T + b
 
+    ends: dict[str, BranchEnd] = {}
+    if cfg.residual_correction and cfg.source_X == "pruned":
+        ends = branch_ends(graph, names)
+    s_orig = shortcut_rows(session.work, ends, session.batches, ppi, cfg.seed) if ends else {}
+
     work = copy.deepcopy(session.work)  # the network pruned so far: removed channels masked, refits applied
     mods = dict(work.named_modules())
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -343,23 +546,30 @@ def cp_planner(session: PruneSession) -> dict[int, list[int]]:
         if keep[g.index] >= g.channels:
             continue
         consumers = [c.name for c in g.consumers]
+        targets = {n: y_orig[n] for n in consumers}
+        corrections: dict[str, float] = {}
         if cfg.source_X == "pruned":
             handles = mask_hooks(work, mask_sites(graph, plan))
             try:
                 xs = consumer_rows(work, consumers, session.batches, ppi, cfg.seed)
+                here = {n: ends[n] for n in consumers if n in ends}
+                s_pruned = shortcut_rows(work, here, session.batches, ppi, cfg.seed) if here else {}
             finally:
                 for h in handles:
                     h.remove()
+            for n, end in here.items():  # the branch's last layer also takes over the shortcut's error
+                targets[n] = corrected_target(y_orig[n], s_orig[n], s_pruned[n], end.scale)
+                corrections[n] = float((targets[n] - y_orig[n]).norm() / (y_orig[n] - y_orig[n].mean(0)).norm().clamp_min(1e-300))
         else:
             xs = {n: x_orig[n] for n in consumers}
-        sel = _select(g, xs, y_orig, mods, graph, plan, keep[g.index], cfg, gen)
+        sel = _select(g, xs, targets, mods, graph, plan, keep[g.index], cfg, gen)
         plan[g.index] = sorted(set(range(g.channels)) - set(sel.selected))
         errors = []
         for n in consumers:
             module = orig[n]
             gone = _removed_inputs(graph, plan, n)
             kept_in = [i for i in range(_inputs(module)) if i not in gone]
-            w_new, b_new, err = _refit(module, xs[n], y_orig[n], kept_in, cfg)
+            w_new, b_new, err = _refit(module, xs[n], targets[n], kept_in, cfg)
             rows_all = list(range(module.weight.shape[0]))
             folded = module.bias is None and folds.set(n, rows_all, b_new) is not None
             write_consumer(mods[n], module, Compensation(w_new, b_new, err, float("nan")), rows_all, kept_in,
@@ -371,9 +581,11 @@ def cp_planner(session: PruneSession) -> dict[int, list[int]]:
             "kept": keep[g.index], "channels": g.channels, "alpha": sel.alpha, "lasso_selected": sel.lasso_count,
             "bisection_reached_window": sel.success, "lasso_fits": sel.fits, "relative_refit_error": max(errors),
         }
+        if corrections:  # ‖(Y_s − Y_s′)/a‖ relative to the spread of Y_b: the shortcut error taken over
+            layers[g.name]["shortcut_correction"] = max(corrections.values())
     session.notes["cp"] = {
         "points_per_image": cfg.points_per_image, "rows": {n: int(x.shape[0]) for n, x in x_orig.items()},
-        "source_X": cfg.source_X, "layers": layers,
+        "source_X": cfg.source_X, "layers": layers, "branch_ends": sorted(ends),
         "unpruned_groups": [g.name for g in graph.groups if g.index not in chosen],
     }
 

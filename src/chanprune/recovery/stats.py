@@ -212,6 +212,20 @@ def consumer_moments(
     return {n: accs[n].moments() for n in consumer_names if n in accs}
 
 
+def sample_positions(name: str, seed: int, batch_index: int, images: int, length: int, points: int) -> torch.Tensor | None:
+    """The output positions :func:`consumer_rows` samples for consumer ``name`` in batch ``batch_index``.
+
+    (images × points) indices into the ``length`` output positions, or None where the map has at most
+    ``points`` positions (then every position is used, in order). Other code gathers values at the same
+    positions with it (CP's shortcut correction).
+    """
+    if length <= points:
+        return None
+    tag = zlib.crc32(name.encode())
+    gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + tag * 7919 + int(batch_index)) % (1 << 62))
+    return torch.rand(images, length, generator=gen).argsort(1)[:, :points]
+
+
 def consumer_rows(
     model: nn.Module,
     consumer_names: Sequence[str],
@@ -234,15 +248,12 @@ def consumer_rows(
 
     def make(name):
         module = modules[name]
-        tag = zlib.crc32(name.encode())
         points = int(points_per_image[name] if isinstance(points_per_image, Mapping) else points_per_image)
 
         def hook(_m, inputs):
             p = patches(module, inputs[0])  # (N, L, D)
-            n, length, _ = p.shape
-            if length > points:
-                gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + tag * 7919 + batch_index[0]) % (1 << 62))
-                pos = torch.rand(n, length, generator=gen).argsort(1)[:, :points]
+            pos = sample_positions(name, seed, batch_index[0], p.shape[0], p.shape[1], points)
+            if pos is not None:
                 p = torch.gather(p, 1, pos.to(p.device)[:, :, None].expand(-1, -1, p.shape[2]))
             rows[name].append(p.reshape(-1, p.shape[2]).double().cpu())
 
