@@ -1,0 +1,942 @@
+"""Issue 6, the scoreboard: every chanprune method against Torch-Pruning, on the same rows.
+
+    /work/cpu_slot python bench/scoreboard.py --quick          # smoke check, a few minutes
+    /work/cpu_slot python bench/scoreboard.py --supervise      # the full run (resumable; restarts after an abort)
+    python bench/make_readme.py                                # README Results section + PNG plots from the JSON
+
+For each model × data × MAC target × method: load the shipped checkpoint, prune it to the target, then record
+accuracy before and after BatchNorm re-estimation (no fine-tune), accuracy after the same short fine-tune for
+several seeds (mean ± std), MACs, params, interleaved CPU latency speed-up at batch 1 and 32, the wall time of
+the pruning step, the calibration images used, the seed and the versions. One JSON per model
+(``bench/results/scoreboard_<model>_<data>.json``); every finished row is written at once (atomically) and rows
+already present are skipped, so a killed run resumes where it stopped.
+
+Peers run through Torch-Pruning's own public API as its users call it: ``tp.pruner.BasePruner`` with
+``tp.importance.*`` (Taylor gradients and Hessian per-sample gradients accumulated on the calibration images the
+way Torch-Pruning's docstrings and benchmark do), the classifier in ``ignored_layers``, and Torch-Pruning's
+``pruning_ratio`` found by bisection so that the MACs land within 1 % of the target. chanprune's methods are
+discovered from ``chanprune.api.METHODS`` (a newly registered method joins without edits), except the
+re-implementations of criteria Torch-Pruning already has (``OURS_SKIP``), which are compared through
+Torch-Pruning's own implementation instead.
+
+The same for everyone: the checkpoint, 512 calibration images (a stratified seed-0 subset of the training split),
+BatchNorm re-estimation on exactly those images, the fine-tune recipe (``RECIPE``), the test subset, and the
+latency protocol. Nothing here is tuned per method.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+SCHEMA = 1
+
+# ------------------------------------------------------------------------------------------ settings
+
+# (model, data, checkpoint folder), in the order of the full run: the most informative rows first.
+MODELS = [
+    ("resnet20", "fashion_mnist", "resnet20_fashion_mnist"),
+    ("resnet56", "fashion_mnist", "resnet56_fashion_mnist"),
+    ("vgg16_bn", "fashion_mnist", "vgg16_bn_fashion_mnist"),
+    ("resnet20", "mnist", "resnet20_mnist"),
+    ("mobilenetv2", "fashion_mnist", "mobilenetv2_fashion_mnist"),
+]
+TARGETS = (0.5, 0.33, 0.25)
+
+RECIPE = {
+    "calibration_images": 512,          # stratified subset of the training split, seed 0, for every method
+    "calibration_seed": 0,
+    "bn_recalibration": "all calibration images, batches of 64, exact average (chanprune.engine.recalibrate_bn)",
+    "test_images": 2000,                # stratified subset of the test split, seed 0 (all of it if smaller)
+    "finetune": {"epochs": 1, "train_images": 1000, "lr": 0.01, "schedule": "cosine", "batch_size": 64,
+                 "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "augment": True,
+                 "note": "chanprune.engine.finetune; the 1,000 images are the stratified seed-0 training subset "
+                         "(they contain the 512 calibration images); the seed sets the batch order and augmentation"},
+    "seeds": [0, 1, 2],
+    "latency": {"batch_sizes": [1, 32], "repeats": 15, "warmup": 2, "threads": 1,
+                "note": "chanprune.measurement.latency: dense and pruned timed interleaved, order rotated each round, "
+                        "medians; speed-up = dense median / pruned median"},
+    "tolerance": 0.01,                  # MACs within 1 % (relative) of the target ...
+    "accept_tolerance": 0.03,           # ... or, where channel counts are too coarse for that, the closest within 3 %
+                                        # (flagged within_tolerance=false, † in the README); beyond: a failed row
+    "round_to_accept_tolerance": 0.25,  # round_to study: rounded counts are coarse; the closest is kept and its
+                                        # speed-up is compared with its own MAC reduction
+    "threads": 1,
+}
+QUICK = {
+    "models": ["resnet20_fashion_mnist"], "targets": [0.5],
+    "methods": ["tp.l1", "tp.taylor", "ours.hierarchical", "ours.hierarchical+compensate"],
+    "round_to": {"methods": ["tp.l1", "ours.hierarchical"], "values": [None, 8]},
+    "overrides": {"test_images": 500, "seeds": [0], "calibration_images": 256,
+                  "finetune": {"train_images": 256}, "latency": {"repeats": 5}},
+}
+ROUND_TO = {"values": [None, 4, 8, 16], "methods": ["tp.l1", "ours.hierarchical"], "target": 0.5}
+# Compute plan (about 120 CPU-core-minutes on this machine): phase 1 runs every method on the first model and the
+# CORE methods (plus the round_to study) on the others, model by model in MODELS order; phase 2 adds the remaining
+# methods to the other models. Methods not named here (e.g. newly registered ones) count as core.
+EXTENDED = ["tp.l2", "tp.l1_global", "tp.fpgm", "tp.bn_scale", "tp.hessian", "ours.hrank", "ours.l1+compensate"]
+
+# chanprune re-implementations of criteria that Torch-Pruning ships itself: compared through Torch-Pruning's code.
+OURS_SKIP = {"l1", "l2", "fpgm", "bn_scale", "taylor", "random"}
+# Extra chanprune variants beyond each registered method's default config: (id, registered method, overrides).
+OURS_VARIANTS = [
+    ("ours.hierarchical+compensate", "hierarchical", {"recover": "compensate"}),
+    ("ours.l1+compensate", "l1", {"recover": "compensate"}),
+]
+# Run only where the plain method refused the target: hierarchical past the analysis' maximum.
+OURS_FALLBACKS = [("ours.hierarchical+exceed", "hierarchical", {"allow_exceed": True}, "ours.hierarchical")]
+# Order of the method loop (most informative first); methods not listed follow in registry order.
+PRIORITY = ["ours.hierarchical", "tp.l1", "tp.l2_global", "tp.taylor", "ours.hierarchical+compensate", "ours.cap",
+            "ours.cp", "tp.l2_isomorphic", "tp.fpgm", "tp.bn_scale", "tp.hessian", "tp.l1_global", "tp.l2",
+            "ours.hrank", "ours.l1+compensate", "ours.hierarchical+exceed"]
+
+
+# ------------------------------------------------------------------------------------------ methods
+
+@dataclasses.dataclass
+class Method:
+    id: str
+    family: str                 # "torch-pruning" or "chanprune"
+    describe: dict              # JSON-able description of the call
+    run: Callable[["Context", float, int | None], "Pruned"]
+    fallback_for: str | None = None
+
+
+@dataclasses.dataclass
+class Pruned:
+    model: nn.Module
+    prune_seconds: float        # the pruning step itself (TP: gradients + pruner + step at the found ratio)
+    search_seconds: float       # all of it, including the search for the MAC target
+    info: dict
+
+
+def _tp():
+    import torch_pruning as tp
+    return tp
+
+
+# id -> (tp.importance class, its arguments, BasePruner keywords, gradients it needs)
+TP_METHODS = {
+    "tp.l1": ("MagnitudeImportance", {"p": 1}, {}, "none"),
+    "tp.l2": ("MagnitudeImportance", {"p": 2}, {}, "none"),
+    "tp.l1_global": ("MagnitudeImportance", {"p": 1}, {"global_pruning": True}, "none"),
+    "tp.l2_global": ("MagnitudeImportance", {"p": 2}, {"global_pruning": True}, "none"),
+    "tp.taylor": ("TaylorImportance", {}, {}, "taylor"),
+    "tp.hessian": ("HessianImportance", {}, {}, "hessian"),
+    "tp.fpgm": ("FPGMImportance", {"p": 2}, {}, "none"),
+    "tp.bn_scale": ("BNScaleImportance", {}, {}, "none"),
+    "tp.l2_isomorphic": ("MagnitudeImportance", {"p": 2}, {"global_pruning": True, "isomorphic": True}, "none"),
+}
+
+
+def _classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
+    """What Torch-Pruning's benchmark puts in ignored_layers: the layers producing the class logits."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and m.out_features == num_classes:
+            out.append(m)
+        elif isinstance(m, nn.modules.conv._ConvNd) and m.out_channels == num_classes:
+            out.append(m)
+    return out
+
+
+def _tp_gradients(model: nn.Module, imp, mode: str, batches) -> None:
+    """Gradients the importance needs, computed as Torch-Pruning documents it (model in eval mode)."""
+    if mode == "taylor":
+        model.zero_grad()
+        for x, y in batches:
+            F.cross_entropy(model(x), y).backward()
+    elif mode == "hessian":
+        # Torch-Pruning's documented loop (per-sample loss, zero_grad, backward, accumulate_grad). In eval mode the
+        # samples of a batch are independent, so feeding them one at a time gives the same per-sample gradients
+        # without back-propagating through the whole batch once per sample.
+        imp.zero_grad()
+        for xb, yb in batches:
+            for x, y in zip(xb.split(1), yb.split(1)):
+                loss = F.cross_entropy(model(x), y, reduction="none")
+                for item in loss:
+                    model.zero_grad()
+                    item.backward(retain_graph=True)
+                    imp.accumulate_grad(model)
+
+
+def tp_method(mid: str) -> Method:
+    cls_name, imp_args, kwargs, grads = TP_METHODS[mid]
+
+    def factory():
+        return getattr(_tp().importance, cls_name)(**imp_args)
+
+    def run(ctx: "Context", target: float, round_to: int | None) -> Pruned:
+        tp = _tp()
+        t_all = time.perf_counter()
+        base = copy.deepcopy(ctx.dense).eval()
+        imp = factory()
+        t0 = time.perf_counter()
+        _tp_gradients(base, imp, grads, ctx.calib_batches)
+        grad_seconds = time.perf_counter() - t0
+        dense_macs = ctx.dense_macs
+        trials: list[tuple[float, float]] = []
+
+        def attempt(ratio: float):
+            # deep-copy model and importance together, so accumulated per-parameter statistics follow the copy
+            model, imp_c = copy.deepcopy((base, imp))
+            for p_c, p_b in zip(model.parameters(), base.parameters()):  # nn.Parameter's deepcopy drops .grad
+                p_c.grad = None if p_b.grad is None else p_b.grad.clone()
+            t = time.perf_counter()
+            pruner = tp.pruner.BasePruner(model, ctx.example, importance=imp_c, pruning_ratio=ratio,
+                                          ignored_layers=_classifier_layers(model, ctx.num_classes),
+                                          round_to=round_to, **kwargs)
+            pruner.step()
+            seconds = time.perf_counter() - t
+            model.zero_grad(set_to_none=True)
+            macs, _ = ctx.count(model)
+            return model, macs / dense_macs, seconds
+
+        def safe(ratio: float):
+            try:
+                out = attempt(ratio)
+            except Exception as exc:  # an over-pruned trial that Torch-Pruning cannot build counts as "too far"
+                trials.append((ratio, float("nan")))
+                return None, 0.0, 0.0, f"{type(exc).__name__}: {exc}"
+            trials.append((ratio, out[1]))
+            return (*out, None)
+
+        lo, hi = 0.0, 0.99
+        best = None  # (|rel err|, ratio, model, mac_ratio, seconds)
+        last_error = None
+        for _ in range(24):
+            mid = (lo + hi) / 2
+            model, r, sec, err = safe(mid)
+            if err is not None:
+                last_error = err
+                hi = mid
+                continue
+            rel = abs(r - target) / target
+            if best is None or rel < best[0]:
+                best = (rel, mid, model, r, sec)
+            if rel <= ctx.recipe["tolerance"]:
+                break
+            if r > target:
+                lo = mid
+            else:
+                hi = mid
+        if best is None:
+            raise RuntimeError(f"Torch-Pruning could not prune at any ratio tried ({last_error})")
+        rel, ratio, model, r, sec = best
+        accept = ctx.recipe["accept_tolerance" if round_to is None else "round_to_accept_tolerance"]
+        if rel > accept:
+            raise RuntimeError(f"no Torch-Pruning pruning_ratio lands within {accept:.0%} of "
+                               f"{target:.0%} of the MACs (closest: ratio {ratio:.4f} keeps {r:.2%})")
+        model.eval()
+        info = {"pruning_ratio": ratio, "trials": len(trials), "gradient_seconds": grad_seconds,
+                "pruner_seconds": sec}
+        if grads == "hessian":  # how many samples Torch-Pruning's accumulate_grad kept per parameter (diagnostic)
+            info["hessian_samples_accumulated"] = max(getattr(imp, "_counter", {}).values(), default=None)
+            info["hessian_samples_fed"] = sum(len(y) for _, y in ctx.calib_batches)
+        return Pruned(model, grad_seconds + sec, time.perf_counter() - t_all, info)
+
+    describe = {"api": "torch_pruning.pruner.BasePruner", "importance": f"torch_pruning.importance.{cls_name}",
+                "importance_args": imp_args, "gradients": grads, "ignored_layers": "classifier (out_features == classes)",
+                "pruning_ratio": "bisected to the MAC target", **kwargs}
+    return Method(mid, "torch-pruning", describe, run)
+
+
+def ours_method(mid: str, name: str, overrides: dict, fallback_for: str | None = None) -> Method:
+    from chanprune.api import METHODS
+
+    cls = METHODS[name][0]
+
+    def make_config(target: float, round_to: int | None, calib: int):
+        return cls(target_macs=target, round_to=round_to, calibration=calib, seed=0, **overrides)
+
+    def run(ctx: "Context", target: float, round_to: int | None) -> Pruned:
+        import chanprune
+
+        config = make_config(target, round_to, ctx.recipe["calibration_images"])
+        t0 = time.perf_counter()
+        pruned = chanprune.prune(ctx.dense, config, data=ctx.calib_pair, example_inputs=ctx.example)
+        seconds = time.perf_counter() - t0
+        rec = pruned.chanprune_history[-1]
+        info = {"config": _jsonable(rec["config"]), "seconds": rec["seconds"], "verified": rec["verified"]}
+        if "warning" in rec:
+            info["warning"] = rec["warning"]
+        if "analysis" in rec:
+            info["analysis"] = {k: v for k, v in rec["analysis"].items()
+                                if k in ("max_compression_macs", "samples", "seconds")}
+        comp = rec.get("compensation")
+        if isinstance(comp, dict) and isinstance(comp.get("consumers"), dict):
+            rel = [c.get("relative_loss") for c in comp["consumers"].values() if isinstance(c, dict)]
+            rel = [x for x in rel if isinstance(x, (int, float))]
+            info["compensation"] = {"consumers": len(comp["consumers"]), "skipped": len(comp.get("skipped", [])),
+                                    "mean_relative_loss": float(np.mean(rel)) if rel else None}
+        return Pruned(pruned.eval(), seconds, seconds, info)
+
+    describe = {"api": "chanprune.prune", "config": cls.__name__, "method": name, **overrides}
+    return Method(mid, "chanprune", describe, run, fallback_for)
+
+
+def all_methods() -> list[Method]:
+    from chanprune.api import METHODS
+
+    out = [tp_method(mid) for mid in TP_METHODS]
+    for name in METHODS:
+        if name not in OURS_SKIP:
+            out.append(ours_method(f"ours.{name}", name, {}))
+    for mid, name, over in OURS_VARIANTS:
+        if name in METHODS:
+            out.append(ours_method(mid, name, over))
+    for mid, name, over, parent in OURS_FALLBACKS:
+        if name in METHODS:
+            out.append(ours_method(mid, name, over, fallback_for=parent))
+    rank = {m: i for i, m in enumerate(PRIORITY)}
+    return sorted(out, key=lambda m: rank.get(m.id, len(rank)))
+
+
+# ------------------------------------------------------------------------------------------ context
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return _jsonable(dataclasses.asdict(x))
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    return repr(x)
+
+
+class Context:
+    """One model and data set, with everything every row shares."""
+
+    def __init__(self, model_name: str, data_name: str, folder: str, recipe: dict):
+        import chanprune
+        from chanprune.measurement import count_macs_params
+
+        self.model_name, self.data_name, self.folder, self.recipe = model_name, data_name, folder, recipe
+        self.data = chanprune.load_data(data_name)
+        self.dense = chanprune.load(ROOT / "checkpoints" / folder / "model").eval()
+        self.num_classes = self.data.num_classes
+        self.example = self.data.example_input(1)
+        self.count = lambda m: count_macs_params(m, self.example)
+        self.dense_macs, self.dense_params = self.count(self.dense)
+        n = recipe["calibration_images"]
+        x, y = self.data.calibration(n, seed=recipe["calibration_seed"])
+        self.calib_pair = (x, y)
+        self.calib_batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), 64)]
+        sub = self.data.test.subset(recipe["test_images"], seed=0)
+        self.test = [(self.data.normalize(sub.images[i:i + 500]), sub.labels[i:i + 500])
+                     for i in range(0, len(sub), 500)]
+        self.test_n = len(sub)
+        self.dense_accuracy = self.accuracy(self.dense)
+        spec = json.loads((ROOT / "checkpoints" / folder / "model.json").read_text())
+        self.model_kwargs = spec.get("kwargs", spec.get("model_kwargs", {}))
+
+    def accuracy(self, model: nn.Module) -> float:
+        from chanprune.engine import evaluate
+        return evaluate(model, self.test, device="cpu")["accuracy"]
+
+    def recalibrate(self, model: nn.Module) -> int:
+        from chanprune.engine import recalibrate_bn
+        return recalibrate_bn(model, self.calib_batches, num_batches=len(self.calib_batches), device="cpu")
+
+    def finetuned_accuracy(self, model: nn.Module, seed: int) -> tuple[float, float]:
+        from chanprune.engine import finetune
+        ft = self.recipe["finetune"]
+        m = copy.deepcopy(model)
+        t0 = time.perf_counter()
+        finetune(m, self.data, epochs=ft["epochs"], lr=ft["lr"], schedule=ft["schedule"], batch_size=ft["batch_size"],
+                 momentum=ft["momentum"], nesterov=ft["nesterov"], weight_decay=ft["weight_decay"],
+                 augment=ft["augment"], limit_train=ft["train_images"], seed=seed, device="cpu",
+                 progress=False, eval_each_epoch=False)
+        seconds = time.perf_counter() - t0
+        return self.accuracy(m.eval()), seconds
+
+    def latency(self, model: nn.Module) -> dict:
+        from chanprune.measurement import latency
+        lat = self.recipe["latency"]
+        res = latency({"dense": self.dense, "pruned": model}, tuple(self.example.shape[1:]),
+                      batch_sizes=lat["batch_sizes"], repeats=lat["repeats"], warmup=lat["warmup"],
+                      threads=lat["threads"])
+        return {f"b{bs}": {"dense_ms": res["dense"][bs]["median_ms"], "pruned_ms": res["pruned"][bs]["median_ms"],
+                           "speedup": res["speedup"]["pruned"][bs]} for bs in lat["batch_sizes"]}
+
+
+# ------------------------------------------------------------------------------------------ results file
+
+def versions() -> dict:
+    import chanprune
+    import torch_pruning as tp
+    from importlib.metadata import version
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"python": platform.python_version(), "torch": torch.__version__, "torch_pruning": version("torch-pruning"),
+            "torch_pruning_module_version": getattr(tp, "__version__", None), "chanprune": chanprune.__version__,
+            "numpy": np.__version__, "cpu": cpu, "mkldnn_enabled": torch.backends.mkldnn.enabled}
+
+
+class Results:
+    def __init__(self, path: Path, header: dict):
+        self.path = path
+        if path.exists():
+            self.doc = json.loads(path.read_text())
+        else:
+            self.doc = {"schema": SCHEMA, **header, "rows": [], "attempts": {}}
+        self.doc.update({k: v for k, v in header.items() if k not in ("created",)})
+
+    def keys(self) -> set[str]:
+        return {r["key"] for r in self.doc["rows"]}
+
+    def row(self, key: str) -> dict | None:
+        return next((r for r in self.doc["rows"] if r["key"] == key), None)
+
+    def save(self) -> None:
+        from chanprune._atomic import write_text_atomic
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path, json.dumps(self.doc, indent=1, allow_nan=False) + "\n")
+
+    def add(self, row: dict) -> None:
+        self.doc["rows"] = [r for r in self.doc["rows"] if r["key"] != row["key"]] + [row]
+        self.save()
+
+    def attempt(self, key: str) -> int:
+        n = self.doc["attempts"].get(key, 0) + 1
+        self.doc["attempts"][key] = n
+        self.save()
+        return n
+
+
+def row_key(target: float, method: str, round_to: int | None) -> str:
+    return f"{target:.2f}|{method}|round_to={round_to}"
+
+
+# ------------------------------------------------------------------------------------------ one row
+
+def run_row(ctx: Context, method: Method, target: float, round_to: int | None, finetune: bool) -> dict:
+    row: dict[str, Any] = {
+        "model": ctx.model_name, "data": ctx.data_name, "target_macs": target, "method": method.id,
+        "family": method.family, "call": method.describe, "round_to": round_to,
+        "calibration_images": ctx.recipe["calibration_images"], "seed": 0, "test_images": ctx.test_n,
+    }
+    t_row = time.perf_counter()
+    try:
+        pruned = method.run(ctx, target, round_to)
+    except Exception as exc:  # a refused or failed prune is a row, not a crash
+        row.update(status="failed", reason=_one_line(exc), row_seconds=time.perf_counter() - t_row)
+        return row
+    model = pruned.model
+    macs, params = ctx.count(model)
+    row.update(status="ok", prune_seconds=pruned.prune_seconds, search_seconds=pruned.search_seconds,
+               info=_jsonable(pruned.info), macs=macs, params=params, macs_ratio=macs / ctx.dense_macs,
+               params_ratio=params / ctx.dense_params,
+               within_tolerance=abs(macs / ctx.dense_macs - target) <= ctx.recipe["tolerance"] * target)
+    row["accuracy_before_bn"] = ctx.accuracy(model)
+    row["bn_images"] = ctx.recalibrate(model)
+    row["accuracy_no_ft"] = ctx.accuracy(model)
+    row["latency"] = ctx.latency(model)
+    if finetune:
+        accs, secs = [], []
+        for seed in ctx.recipe["seeds"]:
+            a, s = ctx.finetuned_accuracy(model, seed)
+            accs.append(a)
+            secs.append(s)
+        row["accuracy_ft"] = {"seeds": list(ctx.recipe["seeds"]), "values": accs, "mean": float(np.mean(accs)),
+                              "std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0}
+        row["finetune_seconds"] = secs
+    row["row_seconds"] = time.perf_counter() - t_row
+    return row
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    where = ""
+    tb = traceback.extract_tb(exc.__traceback__)
+    if tb and not getattr(exc, "__module__", "").startswith("chanprune"):
+        f = tb[-1]
+        where = f" (at {Path(f.filename).name}:{f.lineno})"
+    return f"{type(exc).__name__}: {text[:300]}{where}"
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def results_path(folder: str, quick: bool) -> Path:
+    return RESULTS / (f"scoreboard_quick.json" if quick else f"scoreboard_{folder}.json")
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", help="comma-separated checkpoint folders (default: all, in the run order)")
+    p.add_argument("--methods", help="comma-separated method ids, e.g. tp.l1,ours.hierarchical (default: all)")
+    p.add_argument("--targets", help="comma-separated kept-MAC fractions (default: 0.5,0.33,0.25)")
+    p.add_argument("--seeds", help="comma-separated fine-tune seeds (default: 0,1,2)")
+    p.add_argument("--quick", action="store_true", help="smoke check: one small model, one target, few methods")
+    p.add_argument("--no-round-to", action="store_true", help="skip the round_to study")
+    p.add_argument("--only-round-to", action="store_true", help="run only the round_to study")
+    p.add_argument("--list", action="store_true", help="list the methods and exit")
+    p.add_argument("--max-attempts", type=int, default=2,
+                   help="a row whose process died this many times is recorded as failed (default 2)")
+    p.add_argument("--supervise", action="store_true",
+                   help="run the benchmark in a child process and restart it after an abort (e.g. a native crash)")
+    return p.parse_args(argv)
+
+
+def supervise(argv: list[str]) -> int:
+    child = [sys.executable, str(Path(__file__).resolve())] + [a for a in argv if a != "--supervise"]
+    for attempt in range(1, 21):
+        rc = subprocess.call(child)
+        if rc >= 0 and rc not in (134, 139):
+            return rc
+        print(f"[scoreboard] child died (rc {rc}); restarting ({attempt})", flush=True)
+    return 1
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
+    if args.supervise:
+        return supervise(argv)
+    torch.set_num_threads(1)
+    methods = all_methods()
+    if args.list:
+        for m in methods:
+            print(f"{m.id:32s} {m.family:14s} {json.dumps(m.describe)}")
+        return 0
+    recipe = copy.deepcopy(RECIPE)
+    models = [m for m in MODELS]
+    targets = list(TARGETS)
+    wanted = None
+    round_cfg = copy.deepcopy(ROUND_TO)
+    if args.quick:
+        recipe = _merge(recipe, QUICK["overrides"])
+        models = [m for m in MODELS if m[2] in QUICK["models"]]
+        targets = list(QUICK["targets"])
+        wanted = list(QUICK["methods"])
+        round_cfg.update(QUICK["round_to"])
+    if args.models:
+        names = args.models.split(",")
+        unknown = [n for n in names if n not in {m[2] for m in MODELS}]
+        if unknown:
+            print(f"unknown model(s) {unknown}; choose from {[m[2] for m in MODELS]}", file=sys.stderr)
+            return 2
+        models = [m for m in MODELS if m[2] in names]
+    if args.methods:
+        wanted = args.methods.split(",")
+        unknown = [w for w in wanted if w not in {m.id for m in methods}]
+        if unknown:
+            print(f"unknown method(s) {unknown}; see --list", file=sys.stderr)
+            return 2
+    if args.targets:
+        targets = [float(t) for t in args.targets.split(",")]
+    if args.seeds:
+        recipe["seeds"] = [int(s) for s in args.seeds.split(",")]
+    if wanted is not None:
+        methods = [m for m in methods if m.id in wanted]
+
+    t_start = time.perf_counter()
+    if wanted is not None or args.quick:
+        plan = [(m, methods) for m in models]
+    else:  # phase 1: everything on the first model, core methods elsewhere; phase 2: the rest elsewhere
+        core = [m for m in methods if m.id not in EXTENDED]
+        rest = [m for m in methods if m.id in EXTENDED]
+        plan = [(m, methods if i == 0 else core) for i, m in enumerate(models)]
+        plan += [(m, rest) for i, m in enumerate(models) if i > 0]
+    for (model_name, data_name, folder), methods in plan:
+        if not (ROOT / "checkpoints" / folder / "model.json").exists():
+            print(f"[scoreboard] {folder}: checkpoint not present yet, skipped", flush=True)
+            continue
+        path = results_path(folder, args.quick)
+        t_model = time.perf_counter()
+        ctx = Context(model_name, data_name, folder, recipe)
+        header = {"model": model_name, "data": data_name, "checkpoint": f"checkpoints/{folder}",
+                  "model_kwargs": ctx.model_kwargs, "quick": args.quick, "recipe": recipe,
+                  "round_to_study": round_cfg, "versions": versions(),
+                  "dense": {"accuracy": ctx.dense_accuracy, "macs": ctx.dense_macs, "params": ctx.dense_params},
+                  "ours_skipped": sorted(OURS_SKIP), "command": "python bench/scoreboard.py " + " ".join(argv)}
+        res = Results(path, header)
+        res.save()
+        computed = 0
+        jobs = [(t, m, None, True) for t in targets for m in methods]
+        if not args.no_round_to:
+            rt_jobs = [(round_cfg["target"] if not args.quick else targets[0], m, r, False)
+                       for m in methods if m.id in round_cfg["methods"] for r in round_cfg["values"] if r is not None]
+            jobs = ([] if args.only_round_to else jobs) + rt_jobs
+        elif args.only_round_to:
+            jobs = []
+        for target, method, round_to, ft in jobs:
+            key = row_key(target, method.id, round_to)
+            if key in res.keys():
+                continue
+            if method.fallback_for is not None:
+                parent = res.row(row_key(target, method.fallback_for, round_to))
+                if parent is None or parent["status"] == "ok":
+                    continue
+            n = res.attempt(key)
+            if n > args.max_attempts:
+                res.add({"key": key, "model": model_name, "data": data_name, "target_macs": target, "method": method.id,
+                         "family": method.family, "call": method.describe, "round_to": round_to, "status": "failed",
+                         "reason": f"the process died {n - 1} times on this row (native abort, e.g. the oneDNN heap "
+                                   "corruption seen in conv backward); skipped"})
+                continue
+            print(f"[scoreboard] {folder} target {target:.0%} {method.id} round_to={round_to} ...", flush=True)
+            row = run_row(ctx, method, target, round_to, finetune=ft)
+            row["key"] = key
+            row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            res.add(row)
+            if row["status"] == "ok":
+                ft_s = (f", FT {row['accuracy_ft']['mean']:.2f}±{row['accuracy_ft']['std']:.2f}"
+                        if "accuracy_ft" in row else "")
+                print(f"    MACs {row['macs_ratio']:.3f}, no-FT {row['accuracy_no_ft']:.2f}{ft_s}, "
+                      f"speed-up b1 {row['latency']['b1']['speedup']:.2f} b32 {row['latency']['b32']['speedup']:.2f}, "
+                      f"prune {row['prune_seconds']:.1f}s, row {row['row_seconds']:.0f}s", flush=True)
+            else:
+                print(f"    failed: {row['reason']}", flush=True)
+            computed += 1
+        res.doc.setdefault("invocations", []).append(
+            {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": header["command"],
+             "rows_computed": computed, "wall_seconds": time.perf_counter() - t_model})
+        res.save()
+    print(f"[scoreboard] done in {time.perf_counter() - t_start:.0f}s", flush=True)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ report
+
+MODEL_LABEL = {"resnet20": "ResNet-20", "resnet56": "ResNet-56", "vgg16_bn": "VGG-16-BN", "mobilenetv2": "MobileNetV2"}
+
+
+def load_docs(results: Path = RESULTS) -> list[dict]:
+    """The full-run JSON files, in the run order of MODELS (the quick file is left out)."""
+    order = {folder: i for i, (_, _, folder) in enumerate(MODELS)}
+    docs = []
+    for f in results.glob("scoreboard_*.json"):
+        if f.stem == "scoreboard_quick":
+            continue
+        doc = json.loads(f.read_text())
+        doc["_file"] = f.name
+        docs.append(doc)
+    return sorted(docs, key=lambda d: order.get(Path(d["checkpoint"]).name, len(order)))
+
+
+def _label(doc: dict) -> str:
+    kw = doc.get("model_kwargs") or {}
+    width = {k: v for k, v in kw.items() if k in ("width", "width_mult")}
+    extra = f" (width {next(iter(width.values()))})" if width else ""
+    return f"{MODEL_LABEL.get(doc['model'], doc['model'])}{extra}, {doc['data'].replace('_', '-')}"
+
+
+def _main_rows(doc: dict, target: float | None = None) -> list[dict]:
+    return [r for r in doc["rows"] if r.get("round_to") is None
+            and (target is None or abs(r["target_macs"] - target) < 1e-9)]
+
+
+def _targets(doc: dict) -> list[float]:
+    return sorted({r["target_macs"] for r in _main_rows(doc)}, reverse=True)
+
+
+def _ft(r: dict) -> tuple[float, float] | None:
+    a = r.get("accuracy_ft")
+    return None if not a else (a["mean"], a["std"])
+
+
+def _binomial_se(p1: float, p2: float, n: int) -> float:
+    """Standard error (percentage points) of the difference of two accuracies measured on n images each."""
+    f = lambda p: (p / 100) * (1 - p / 100) / max(n, 1)  # noqa: E731
+    return 100 * math.sqrt(f(p1) + f(p2))
+
+
+def compare(a: tuple[float, float], b: tuple[float, float]) -> str:
+    """'win' / 'tie' / 'loss' of a over b; a difference smaller than the larger std is a tie."""
+    spread = max(a[1], b[1])
+    d = a[0] - b[0]
+    return "tie" if abs(d) <= spread else ("win" if d > 0 else "loss")
+
+
+def verdicts(doc: dict) -> list[dict]:
+    """Per target: the best chanprune row against the best Torch-Pruning row, fine-tuned and not."""
+    out = []
+    for t in _targets(doc):
+        ok = [r for r in _main_rows(doc, t) if r["status"] == "ok"]
+        fams = {f: [r for r in ok if r["family"] == f] for f in ("chanprune", "torch-pruning")}
+        v: dict[str, Any] = {"target": t}
+        ours_ft = [r for r in fams["chanprune"] if _ft(r)]
+        tp_ft = [r for r in fams["torch-pruning"] if _ft(r)]
+        if ours_ft and tp_ft:
+            a = max(ours_ft, key=lambda r: _ft(r)[0])
+            b = max(tp_ft, key=lambda r: _ft(r)[0])
+            v["ft"] = {"ours": a["method"], "ours_acc": _ft(a), "tp": b["method"], "tp_acc": _ft(b),
+                       "verdict": compare(_ft(a), _ft(b))}
+        if fams["chanprune"] and fams["torch-pruning"]:
+            a = max(fams["chanprune"], key=lambda r: r["accuracy_no_ft"])
+            b = max(fams["torch-pruning"], key=lambda r: r["accuracy_no_ft"])
+            se = _binomial_se(a["accuracy_no_ft"], b["accuracy_no_ft"], a.get("test_images", 0))
+            d = a["accuracy_no_ft"] - b["accuracy_no_ft"]
+            v["no_ft"] = {"ours": a["method"], "ours_acc": a["accuracy_no_ft"], "tp": b["method"],
+                          "tp_acc": b["accuracy_no_ft"], "se": se,
+                          "verdict": "tie" if abs(d) <= se else ("win" if d > 0 else "loss")}
+        v["ours_count"] = len(fams["chanprune"])
+        v["tp_count"] = len(fams["torch-pruning"])
+        out.append(v)
+    return out
+
+
+def _fmt_ft(r: dict, best: tuple[float, float] | None) -> str:
+    ft = _ft(r)
+    if ft is None:
+        return "–"
+    s = f"{ft[0]:.2f} ± {ft[1]:.2f}"
+    if best is not None:
+        if ft == best:
+            s = f"**{s}** best"
+        elif compare(ft, best) == "tie":
+            s += " (tie)"
+    return s
+
+
+def _speedup(r: dict, b: str) -> str:
+    lat = r.get("latency", {}).get(b)
+    return "–" if not lat else f"{lat['speedup']:.2f}×"
+
+
+def model_tables(doc: dict) -> str:
+    parts = []
+    dense = doc["dense"]
+    parts.append(f"#### {_label(doc)}\n\nDense: {dense['accuracy']:.2f}% on the {doc['recipe']['test_images']:,}-image "
+                 f"test subset, {dense['macs'] / 1e6:.2f}M MACs, {dense['params'] / 1e6:.3f}M params "
+                 f"(`{doc['checkpoint']}`).")
+    for t in _targets(doc):
+        rows = _main_rows(doc, t)
+        ok = [r for r in rows if r["status"] == "ok"]
+        fts = [_ft(r) for r in ok if _ft(r)]
+        best = max(fts, key=lambda x: x[0]) if fts else None
+        nf_best = max((r["accuracy_no_ft"] for r in ok), default=None)
+        lines = ["| method | MACs kept | params kept | acc. no FT (raw → BN re-est.) | acc. FT (mean ± std) | "
+                 "speed-up b1 | speed-up b32 | prune s |", "|---|---|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (r["status"] != "ok", -(_ft(r) or (-1, 0))[0],
+                                              -(r.get("accuracy_no_ft") or -1))):
+            name = f"{r['method']}"
+            if r["status"] != "ok":
+                lines.append(f"| {name} | – | – | failed: {r['reason'][:160]} | – | – | – | – |")
+                continue
+            mark = "" if r.get("within_tolerance", True) else " †"
+            nf = f"{r['accuracy_before_bn']:.2f} → {r['accuracy_no_ft']:.2f}"
+            if r["accuracy_no_ft"] == nf_best:
+                nf = f"{r['accuracy_before_bn']:.2f} → **{r['accuracy_no_ft']:.2f}**"
+            prune_s = f"{r['prune_seconds']:.1f}"
+            if r["search_seconds"] > r["prune_seconds"] * 1.05:
+                prune_s += f" ({r['search_seconds']:.1f} with search)"
+            lines.append(f"| {name} | {100 * r['macs_ratio']:.1f}%{mark} | {100 * r['params_ratio']:.1f}% | {nf} | "
+                         f"{_fmt_ft(r, best)} | {_speedup(r, 'b1')} | {_speedup(r, 'b32')} | {prune_s} |")
+        parts.append(f"**{_label(doc)}, {100 * t:.0f}% of the MACs kept**\n\n" + "\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def round_to_table(docs: list[dict]) -> str:
+    lines = ["| model | method | round_to | MACs kept | MAC reduction | speed-up b1 | speed-up b32 | "
+             "b1 speed-up / MAC reduction | b32 speed-up / MAC reduction | acc. no FT |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    summary = ["| model | round_to | rows | mean b1 ratio | mean b32 ratio |", "|---|---|---|---|---|"]
+    any_rows = False
+    for doc in docs:
+        study = doc.get("round_to_study") or {}
+        target, methods = study.get("target"), study.get("methods", [])
+        rows = [r for r in doc["rows"] if r["method"] in methods and target is not None
+                and abs(r["target_macs"] - target) < 1e-9 and r["status"] == "ok"]
+        by_rt: dict = {}
+        for r in sorted(rows, key=lambda r: (r["method"], r["round_to"] or 0)):
+            any_rows = True
+            red = 1 / r["macs_ratio"]
+            s1, s32 = r["latency"]["b1"]["speedup"], r["latency"]["b32"]["speedup"]
+            by_rt.setdefault(r["round_to"], []).append((s1 / red, s32 / red))
+            lines.append(f"| {_label(doc)} | {r['method']} | {r['round_to'] or 'none'} | {100 * r['macs_ratio']:.1f}% | "
+                         f"{red:.2f}× | {s1:.2f}× | {s32:.2f}× | {s1 / red:.2f} | {s32 / red:.2f} | "
+                         f"{r['accuracy_no_ft']:.2f} |")
+        for rt in sorted(by_rt, key=lambda x: x or 0):
+            v = np.asarray(by_rt[rt])
+            summary.append(f"| {_label(doc)} | {rt or 'none'} | {len(v)} | {v[:, 0].mean():.2f} | {v[:, 1].mean():.2f} |")
+    if not any_rows:
+        return "_The round_to study has not run yet._"
+    return "\n".join(summary) + "\n\n" + "\n".join(lines)
+
+
+def missing(docs: list[dict]) -> list[str]:
+    """What the planned full run has not produced yet (models, or model × target × method)."""
+    have = {Path(d["checkpoint"]).name: d for d in docs}
+    method_ids = [m.id for m in all_methods() if m.fallback_for is None]
+    out = []
+    for _, _, folder in MODELS:
+        doc = have.get(folder)
+        if doc is None:
+            present = (ROOT / "checkpoints" / folder / "model.json").exists()
+            out.append(f"`{folder}`: no rows yet" + ("" if present else " (checkpoint not present when the run reached it)"))
+            continue
+        keys = {r["key"] for r in doc["rows"]}
+        for t in TARGETS:
+            gone = [m for m in method_ids if row_key(t, m, None) not in keys]
+            if gone:
+                out.append(f"`{folder}` at {100 * t:.0f}%: " + ", ".join(gone))
+        study = doc.get("round_to_study") or ROUND_TO
+        gone = [f"{m} round_to={r}" for m in study["methods"] for r in study["values"] if r is not None
+                and m in method_ids and row_key(study["target"], m, r) not in keys]
+        if gone:
+            out.append(f"`{folder}` round_to study: " + ", ".join(gone))
+    return out
+
+
+def make_plots(docs: list[dict], outdir: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for doc in docs:
+        rows = [r for r in _main_rows(doc) if r["status"] == "ok" and _ft(r)]
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(7.5, 4.8))
+        for method in sorted({r["method"] for r in rows}):
+            pts = sorted((r["macs_ratio"], *_ft(r)) for r in rows if r["method"] == method)
+            x, y, e = (np.asarray(v) for v in zip(*pts))
+            ours = method.startswith("ours.")
+            ax.errorbar(100 * x, y, yerr=e, marker="o" if ours else "s", linestyle="-" if ours else "--",
+                        linewidth=2 if ours else 1, markersize=4, capsize=2, label=method)
+        ax.axhline(doc["dense"]["accuracy"], color="k", linewidth=0.8, linestyle=":", label="dense")
+        ax.set_xlabel("MACs kept (%)")
+        ax.set_ylabel("test accuracy after the short fine-tune (%)")
+        ax.set_title(f"{_label(doc)}: accuracy vs MACs (mean ± std over seeds)")
+        ax.legend(fontsize=7, ncol=2)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = outdir / f"scoreboard_accuracy_{Path(doc['checkpoint']).name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    pts = [(doc, r) for doc in docs for r in doc["rows"] if r["status"] == "ok" and "latency" in r]
+    if pts:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
+        for ax, b in zip(axes, ("b1", "b32")):
+            labels = sorted({_label(d) for d, _ in pts})
+            for lab in labels:
+                for fam, marker in (("chanprune", "o"), ("torch-pruning", "s")):
+                    sel = [(1 / r["macs_ratio"], r["latency"][b]["speedup"]) for d, r in pts
+                           if _label(d) == lab and r["family"] == fam]
+                    if sel:
+                        x, y = zip(*sel)
+                        ax.scatter(x, y, marker=marker, s=18, alpha=0.7, label=f"{lab} · {fam}")
+            hi = max(max(1 / r["macs_ratio"] for _, r in pts), 1.0) * 1.05
+            ax.plot([1, hi], [1, hi], "k--", linewidth=1, label="y = x (speed-up = MAC reduction)")
+            ax.set_xlabel("MAC reduction (dense MACs / pruned MACs)")
+            ax.set_title(f"CPU latency speed-up, batch {b[1:]}, 1 thread")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("measured speed-up (dense / pruned median latency)")
+        axes[1].legend(fontsize=6)
+        fig.tight_layout()
+        path = outdir / "scoreboard_speedup.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def render_markdown(docs: list[dict], plots: list[Path] | None = None, root: Path = ROOT) -> str:
+    """The README's Results/scoreboard section, from the full-run JSON (see make_readme.py)."""
+    if not docs:
+        return "_Not run yet: `python bench/scoreboard.py --supervise`._"
+    rec = docs[0]["recipe"]
+    ft = rec["finetune"]
+    ver = docs[0]["versions"]
+    parts = [
+        f"Protocol (the same for every method; from `{docs[0]['_file']}` and its siblings): "
+        f"{rec['calibration_images']} calibration images (stratified seed-{rec['calibration_seed']} subset of the "
+        f"training split) for every method, BatchNorm re-estimated on exactly those images before the no-fine-tune "
+        f"accuracy; fine-tune: {ft['epochs']} epoch over {ft['train_images']:,} training images, lr {ft['lr']} "
+        f"{ft['schedule']}, batch {ft['batch_size']}, SGD momentum {ft['momentum']}"
+        f"{' Nesterov' if ft['nesterov'] else ''}, weight decay {ft['weight_decay']}, augmentation "
+        f"{'on' if ft['augment'] else 'off'}, seeds {', '.join(map(str, rec['seeds']))} (mean ± sample std); accuracy on "
+        f"a fixed stratified {rec['test_images']:,}-image test subset; MACs within {rec['tolerance']:.0%} of the "
+        f"target (Torch-Pruning's `pruning_ratio` bisected; chanprune's own search); CPU latency with "
+        f"{rec['latency']['threads']} thread, dense and pruned interleaved, {rec['latency']['repeats']} rounds, medians. "
+        f"*prune s* is the pruning step itself (Torch-Pruning: gradients + pruner + step at the found ratio; "
+        f"in brackets with the bisection), chanprune: the whole `prune()` call, verification included. "
+        f"Best fine-tuned accuracy in bold; *(tie)*: within the larger of the two standard deviations. "
+        f"Versions: torch {ver['torch']}, torch-pruning {ver['torch_pruning']}, chanprune {ver['chanprune']}, "
+        f"CPU {ver['cpu']}. Everything ran on this project's shared 2-core CPU machine (no GPU), so "
+        f"latencies are noisy."]
+    # verdicts
+    vlines = ["| model | MACs kept | best chanprune (FT) | best Torch-Pruning (FT) | FT verdict | "
+              "best chanprune (no FT) | best Torch-Pruning (no FT) | no-FT verdict |", "|---|---|---|---|---|---|---|---|"]
+    tally = {"ft": {"win": 0, "tie": 0, "loss": 0}, "no_ft": {"win": 0, "tie": 0, "loss": 0}}
+    for doc in docs:
+        for v in verdicts(doc):
+            cells = []
+            for kind in ("ft", "no_ft"):
+                x = v.get(kind)
+                if not x:
+                    cells += ["–", "–", "–"]
+                    continue
+                tally[kind][x["verdict"]] += 1
+                if kind == "ft":
+                    cells += [f"{x['ours']} {x['ours_acc'][0]:.2f} ± {x['ours_acc'][1]:.2f}",
+                              f"{x['tp']} {x['tp_acc'][0]:.2f} ± {x['tp_acc'][1]:.2f}", f"**{x['verdict']}**"]
+                else:
+                    cells += [f"{x['ours']} {x['ours_acc']:.2f}", f"{x['tp']} {x['tp_acc']:.2f}",
+                              f"**{x['verdict']}** (±{x['se']:.1f})"]
+            vlines.append(f"| {_label(doc)} | {100 * v['target']:.0f}% | " + " | ".join(cells) + " |")
+    parts.append("**Where chanprune wins, ties and loses** (best chanprune row vs best Torch-Pruning row at each "
+                 "target; fine-tuned: a tie when the difference is within the larger seed std; no fine-tune: a tie "
+                 "when within one binomial standard error of the difference on the test subset, shown in brackets):\n\n"
+                 + "\n".join(vlines) + "\n\n"
+                 f"Tally, fine-tuned: {tally['ft']['win']} wins, {tally['ft']['tie']} ties, {tally['ft']['loss']} losses; "
+                 f"no fine-tune: {tally['no_ft']['win']} wins, {tally['no_ft']['tie']} ties, {tally['no_ft']['loss']} losses.")
+    for doc in docs:
+        parts.append(model_tables(doc))
+    parts.append("**Hardware-aware channel counts** (`round_to`, at "
+                 f"{100 * (docs[0].get('round_to_study') or ROUND_TO)['target']:.0f}% of the MACs, no fine-tune): "
+                 "does rounding every kept channel count to a multiple bring the measured speed-up closer to the MAC "
+                 "reduction? A ratio of 1.00 means the speed-up equals the MAC reduction.\n\n" + round_to_table(docs))
+    if plots:
+        parts.append("\n".join(f"![{p.stem}]({p.relative_to(root).as_posix()})" for p in plots))
+    gone = missing(docs)
+    if gone:
+        parts.append("**Not measured yet** (the run is resumable; these rows are what it still lacks):\n\n"
+                     + "\n".join(f"- {g}" for g in gone))
+    return "\n\n".join(parts)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

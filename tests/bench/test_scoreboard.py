@@ -1,0 +1,142 @@
+"""bench/scoreboard.py helpers: Torch-Pruning bisection, failed rows, resumable results, verdicts, README rendering."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.conftest import calib
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def sb():
+    spec = importlib.util.spec_from_file_location("scoreboard", ROOT / "bench" / "scoreboard.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["scoreboard"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def fake_ctx(sb, name="resnet20"):
+    from chanprune.measurement import count_macs_params
+
+    import chanprune
+
+    torch.manual_seed(0)
+    model = chanprune.create_model(name, num_classes=10, in_channels=1).eval()  # full width: fine channel steps
+    x, y = calib(32)
+    example = x[:1].clone()
+    count = lambda m: count_macs_params(m, example)  # noqa: E731
+    macs, params = count(model)
+    recipe = sb._merge(sb.RECIPE, {"calibration_images": 32, "seeds": [0]})
+    return SimpleNamespace(dense=model, example=example, calib_batches=[(x[:16], y[:16]), (x[16:], y[16:])],
+                           calib_pair=(x, y), num_classes=10, count=count, dense_macs=macs, dense_params=params,
+                           recipe=recipe, test_n=32, model_name=name, data_name="random",
+                           accuracy=lambda m: 50.0, recalibrate=lambda m: 32,
+                           latency=lambda m: {"b1": {"speedup": 1.5}, "b32": {"speedup": 2.0}})
+
+
+@pytest.mark.parametrize("mid", ["tp.l1", "tp.l2_global", "tp.taylor", "tp.hessian"])
+def test_tp_bisection_lands_on_the_target_and_leaves_the_dense_model_alone(sb, mid):
+    ctx = fake_ctx(sb)
+    before = {k: v.clone() for k, v in ctx.dense.state_dict().items()}
+    out = sb.tp_method(mid).run(ctx, 0.5, None)
+    macs, _ = ctx.count(out.model)
+    assert abs(macs / ctx.dense_macs - 0.5) <= ctx.recipe["accept_tolerance"] * 0.5
+    assert 0 < out.info["pruning_ratio"] < 1
+    assert out.search_seconds >= out.prune_seconds > 0
+    assert all(torch.equal(before[k], v) for k, v in ctx.dense.state_dict().items())
+    assert all(p.grad is None for p in ctx.dense.parameters())
+    y = out.model(ctx.example)
+    assert y.shape == (1, 10)
+    if mid == "tp.hessian":
+        assert out.info["hessian_samples_fed"] == 32
+
+
+def test_tp_rounding_gives_multiples(sb):
+    ctx = fake_ctx(sb)
+    out = sb.tp_method("tp.l1").run(ctx, 0.5, 4)
+    convs = [m for m in out.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    pruned = [c.out_channels for c in convs if c.out_channels not in (16, 32, 64)]
+    assert all(c % 4 == 0 for c in pruned)
+
+
+def test_unreachable_target_is_a_failed_row_not_a_crash(sb):
+    ctx = fake_ctx(sb)
+    method = sb.ours_method("ours.hierarchical", "hierarchical", {})
+    row = sb.run_row(ctx, method, 0.001, None, finetune=False)
+    assert row["status"] == "failed"
+    assert "\n" not in row["reason"] and len(row["reason"]) > 10
+
+
+def test_run_row_records_the_fields(sb):
+    ctx = fake_ctx(sb)
+    row = sb.run_row(ctx, sb.tp_method("tp.l1"), 0.5, None, finetune=False)
+    assert row["status"] == "ok"
+    for key in ("macs", "params", "macs_ratio", "accuracy_before_bn", "accuracy_no_ft", "latency", "prune_seconds",
+                "calibration_images", "seed", "within_tolerance"):
+        assert key in row
+    json.dumps(row, allow_nan=False)
+
+
+def test_results_resume_and_attempts(sb, tmp_path):
+    path = tmp_path / "s.json"
+    res = sb.Results(path, {"model": "m"})
+    res.add({"key": "a", "status": "ok"})
+    assert res.attempt("b") == 1 and res.attempt("b") == 2
+    again = sb.Results(path, {"model": "m"})
+    assert again.keys() == {"a"} and again.doc["attempts"]["b"] == 2
+    again.add({"key": "a", "status": "failed"})
+    assert [r["status"] for r in sb.Results(path, {}).doc["rows"]] == ["failed"]
+
+
+def test_compare_marks_ties_within_the_spread(sb):
+    assert sb.compare((80.0, 0.5), (79.6, 0.1)) == "tie"
+    assert sb.compare((80.0, 0.1), (79.0, 0.3)) == "win"
+    assert sb.compare((78.0, 0.1), (79.0, 0.3)) == "loss"
+
+
+def _row(method, family, target, ft, nf=60.0, std=0.2, status="ok", round_to=None):
+    r = {"key": f"{target:.2f}|{method}|round_to={round_to}", "method": method, "family": family, "target_macs": target,
+         "round_to": round_to, "status": status}
+    if status != "ok":
+        r["reason"] = "PruneError: nope"
+        return r
+    r.update(macs_ratio=target, params_ratio=target, accuracy_before_bn=10.0, accuracy_no_ft=nf, test_images=2000,
+             accuracy_ft={"mean": ft, "std": std, "values": [ft], "seeds": [0]} if ft is not None else None,
+             latency={"b1": {"speedup": 1.2}, "b32": {"speedup": 1.5}}, prune_seconds=1.0, search_seconds=1.0,
+             within_tolerance=True)
+    return r
+
+
+def _doc(sb, rows):
+    return {"model": "resnet20", "data": "fashion_mnist", "checkpoint": "checkpoints/resnet20_fashion_mnist",
+            "model_kwargs": {}, "dense": {"accuracy": 88.0, "macs": 3e7, "params": 2.7e5}, "recipe": sb.RECIPE,
+            "round_to_study": sb.ROUND_TO, "versions": {"torch": "t", "torch_pruning": "1.6.1", "chanprune": "0",
+                                                         "cpu": "x"}, "rows": rows, "_file": "scoreboard_x.json"}
+
+
+def test_verdicts_and_markdown(sb, tmp_path):
+    rows = [_row("ours.hierarchical", "chanprune", 0.5, 85.0, nf=70.0), _row("tp.l1", "torch-pruning", 0.5, 84.9, nf=50.0),
+            _row("ours.cap", "chanprune", 0.33, 70.0, nf=40.0), _row("tp.taylor", "torch-pruning", 0.33, 75.0, nf=41.0),
+            _row("ours.cp", "chanprune", 0.25, None, status="failed"),
+            _row("tp.l1", "torch-pruning", 0.5, None, nf=55.0, round_to=8)]
+    doc = _doc(sb, rows)
+    v = {x["target"]: x for x in sb.verdicts(doc)}
+    assert v[0.5]["ft"]["verdict"] == "tie" and v[0.5]["no_ft"]["verdict"] == "win"
+    assert v[0.33]["ft"]["verdict"] == "loss" and v[0.33]["no_ft"]["verdict"] == "tie"
+    plots = sb.make_plots([doc], tmp_path)
+    assert all(p.exists() and p.stat().st_size > 1000 for p in plots) and len(plots) == 2
+    md = sb.render_markdown([doc], plots, tmp_path)
+    assert "| ours.hierarchical |" in md and "(tie)" in md and "failed: PruneError: nope" in md
+    assert "1 wins, 1 ties, 1 losses" not in md  # tallies count per target: 0.5 tie, 0.33 loss on FT
+    assert "fine-tuned: 0 wins, 1 ties, 1 losses" in md
+    assert "round_to" in md and "| 8 |" in md
+    assert "Not measured yet" in md  # the other models and methods are listed as missing
