@@ -11,8 +11,15 @@
      "tensors": {"conv1.weight": {"shape": [12, 3, 3, 3], "dtype": "float32"}, ...},
      "chanprune_version": "0.1.0"}
 
+A layer factorised by :mod:`chanprune.lowrank` is one ``layers`` entry of type ``LowRank`` that lists
+its scheme, rank and its two parts (each a Conv2d or Linear entry); its parts get no entries of their own::
+
+    "layer1.0.conv1": {"type": "LowRank", "scheme": "channel", "rank": 5,
+                       "layers": [{"type": "Conv2d", ..., "out_channels": 5}, {"type": "Conv2d", "in_channels": 5, ...}]}
+
 ``load`` rebuilds the registered model from ``name`` and ``kwargs``, replaces every layer listed
-in ``layers`` by a fresh one with the recorded (possibly pruned) shape, checks the weights file
+in ``layers`` by a fresh one with the recorded (possibly pruned) shape (a ``LowRank`` entry replaces
+the builder's Conv2d or Linear of that name), checks the weights file
 against the recorded size, SHA-256, tensor names, shapes and dtypes, and loads it with
 ``load_state_dict(strict=True)``. Nothing in either file is executed. The weights file is written
 first and the JSON (which holds its hash) last, each through an atomic rename, so the JSON is
@@ -36,6 +43,7 @@ from torch import nn
 from . import models as _models  # registers the zoo
 from ._atomic import atomic_path
 from .errors import LoadError, ModelError
+from .lowrank.modules import SCHEMES as _LOWRANK_SCHEMES, LowRank
 
 __all__ = ["save", "load", "read_spec", "spec_from_model", "FORMAT", "VERSION", "LAYER_TYPES"]
 
@@ -109,6 +117,17 @@ def _build_bn(cls: type, s: dict, factory: dict) -> nn.Module:
                track_running_stats=s["track_running_stats"], **factory)
 
 
+def _lowrank_spec(m: nn.Module) -> dict:
+    return {"scheme": m.scheme, "rank": m.rank,
+            "layers": [{"type": _CLASS_TO_TYPE[type(part)], **LAYER_TYPES[_CLASS_TO_TYPE[type(part)]][1](part)}
+                       for part in m]}
+
+
+def _build_lowrank(cls: type, s: dict, factory: dict) -> nn.Module:
+    parts = [LAYER_TYPES[p["type"]][2](LAYER_TYPES[p["type"]][0], p, factory) for p in s["layers"]]
+    return cls(s["scheme"], *parts)
+
+
 # type name -> (class, spec reader, builder). Exact classes only: a subclass is not recorded.
 LAYER_TYPES: dict[str, tuple[type, Callable[[nn.Module], dict], Callable[[type, dict, dict], nn.Module]]] = {
     "Conv1d": (nn.Conv1d, lambda m: _conv_spec(m, 1), _build_conv),
@@ -122,6 +141,7 @@ LAYER_TYPES: dict[str, tuple[type, Callable[[nn.Module], dict], Callable[[type, 
                                     elementwise_affine=s["elementwise_affine"], bias=s["bias"], **f)),
     "GroupNorm": (nn.GroupNorm, _groupnorm_spec,
                   lambda c, s, f: c(s["num_groups"], s["num_channels"], eps=s["eps"], affine=s["affine"], **f)),
+    "LowRank": (LowRank, _lowrank_spec, _build_lowrank),
 }
 _CLASS_TO_TYPE = {cls: name for name, (cls, _, _) in LAYER_TYPES.items()}
 
@@ -131,14 +151,19 @@ def spec_from_model(model: nn.Module) -> dict:
 
     Attributes are read from the modules as they are now (after pruning), e.g. a depthwise conv
     pruned by torch-pruning reports its updated ``groups``. Modules shared under several names
-    are recorded once, under the first name.
+    are recorded once, under the first name. A ``LowRank`` records its parts inside its own entry.
     """
     layers: dict[str, dict] = {}
+    inside: list[str] = []  # prefixes of LowRank modules: their parts are in the LowRank's entry
     for name, module in model.named_modules():
+        if any(name.startswith(p) for p in inside):
+            continue
         type_name = _CLASS_TO_TYPE.get(type(module))
         if type_name is None:
             continue
         layers[name] = {"type": type_name, **LAYER_TYPES[type_name][1](module)}
+        if type_name == "LowRank":
+            inside.append(f"{name}." if name else "")
     return layers
 
 
@@ -312,15 +337,50 @@ _LAYER_FIELDS = {
 }
 _LAYER_FIELDS["Conv2d"] = _LAYER_FIELDS["Conv1d"]
 _LAYER_FIELDS["BatchNorm1d"] = _LAYER_FIELDS["BatchNorm2d"]
+_LAYER_FIELDS["LowRank"] = ("scheme", "rank", "layers")
 
 
-def _check_layer(c: _Checker, name: str, s: Any) -> None:
-    ctx = f"layer {_short(name)}"
-    if not isinstance(s, dict) or not isinstance(s.get("type"), str) or s["type"] not in LAYER_TYPES:
+def _check_lowrank(c: _Checker, ctx: str, s: dict) -> None:
+    """A LowRank entry: a known scheme, exactly two parts of the scheme's layer type whose inner width is the rank."""
+    if not isinstance(s["scheme"], str) or s["scheme"] not in _LOWRANK_SCHEMES:
+        raise c.fail(f"{ctx} scheme must be one of {', '.join(_LOWRANK_SCHEMES)}, got {_short(s['scheme'])}")
+    rank = c.int_in(f"{ctx} rank", s["rank"], 1, _MAX_COUNT)
+    parts = s["layers"]
+    if not isinstance(parts, list) or len(parts) != 2:
+        raise c.fail(f"{ctx} layers must be a list of its 2 parts, got {_short(parts)}")
+    want = "Linear" if s["scheme"] == "linear" else "Conv2d"
+    for i, part in enumerate(parts):
+        pctx = f"{ctx} part {i}"
+        if not isinstance(part, dict) or part.get("type") != want:
+            t = part.get("type") if isinstance(part, dict) else part
+            raise c.fail(f"{pctx} must be a {want} entry for scheme {s['scheme']!r}, got type {_short(t)}")
+        _check_layer(c, pctx, part, nested=True)
+    first, second = parts
+    if want == "Linear":
+        widths = (first["out_features"], second["in_features"])
+    else:
+        widths = (first["out_channels"], second["in_channels"])
+        if first["groups"] != 1 or second["groups"] != 1:
+            raise c.fail(f"{ctx} parts must have groups=1, got {first['groups']} and {second['groups']}")
+        k1, k2 = first["kernel_size"], second["kernel_size"]
+        if s["scheme"] == "channel" and k2 != [1, 1]:
+            raise c.fail(f"{ctx} second part of a channel factorisation must be a 1×1 conv, got kernel {k2}")
+        if s["scheme"] == "spatial" and (k1[1] != 1 or k2[0] != 1):
+            raise c.fail(f"{ctx} a spatial factorisation must be a k×1 conv then a 1×k conv, got kernels {k1} and {k2}")
+    if widths != (rank, rank):
+        raise c.fail(f"{ctx} rank is {rank} but its parts meet at widths {widths[0]} and {widths[1]}")
+
+
+def _check_layer(c: _Checker, name: str, s: Any, nested: bool = False) -> None:
+    ctx = name if nested else f"layer {_short(name)}"
+    if not isinstance(s, dict) or not isinstance(s.get("type"), str) or s["type"] not in LAYER_TYPES \
+            or (nested and s["type"] == "LowRank"):
         t = s.get("type") if isinstance(s, dict) else s
         raise c.fail(f"{ctx} has unsupported type {_short(t)} (expected one of {', '.join(LAYER_TYPES)})")
     t = s["type"]
     c.keys(ctx, s, ("type",) + _LAYER_FIELDS[t])
+    if t == "LowRank":
+        _check_lowrank(c, ctx, s)
     if t in ("Conv1d", "Conv2d"):
         nd = 1 if t == "Conv1d" else 2
         cin = c.int_in(f"{ctx} in_channels", s["in_channels"], 1, _MAX_COUNT)
@@ -573,10 +633,11 @@ def _rebuild(doc: dict, tensors: dict[str, torch.Tensor], c: _Checker) -> nn.Mod
         except AttributeError:
             raise c.fail(f"layer {_short(lname)} does not exist in model {_short(name)}") from None
         cls, read, build = LAYER_TYPES[ls["type"]]
-        if type(old) is not cls:
+        replaces = (cls, _LOWRANK_SCHEMES[ls["scheme"]]) if cls is LowRank else (cls,)  # a factorised conv/Linear
+        if type(old) not in replaces:
             raise c.fail(f"layer {_short(lname)} is a {ls['type']} in the spec but a {type(old).__name__} "
                          f"in model {_short(name)}")
-        if {"type": ls["type"], **read(old)} == ls:
+        if type(old) is cls and {"type": ls["type"], **read(old)} == ls:
             continue  # already the recorded shape (e.g. not pruned): keep the builder's module
         first = next(iter(old.parameters(recurse=False)), None)
         dtype = first.dtype if first is not None else torch.get_default_dtype()
