@@ -43,6 +43,11 @@ _EXPORTS = {
     "CPConfig": "chanprune.methods.cp",
     "CaPConfig": "chanprune.methods.cap",
     "ChanpruneError": "chanprune.errors",
+    "decompose": "chanprune.lowrank",
+    "DecomposeConfig": "chanprune.lowrank",
+    "trp_train": "chanprune.lowrank",
+    "TRPConfig": "chanprune.lowrank",
+    "LowRank": "chanprune.lowrank",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,4 @@
-"""The ``chanprune`` command: train | evaluate | analyze | prune | finetune | info | bench | demo.
+"""The ``chanprune`` command: train | evaluate | analyze | prune | finetune | trp | decompose | info | bench | demo.
 
 Every command prints a table and writes a JSON record (model, data, method, config, seed, MACs,
 params, accuracy, latency, wall time, versions). Errors chanprune raises on purpose are printed as
@@ -315,6 +315,107 @@ def finetune(model: str = typer.Argument(..., help="saved model stem"), data: st
     write_record(Path(out) / "record.json", {"command": "finetune", "model": model, "data": data, "epochs": epochs, "lr": lr,
                                              "limit": limit, "accuracy_before": before, "accuracy": after, "wall_seconds": time.time() - t0})
     console.print(_kv_table("Fine-tuned", [("accuracy", f"{before:.2f}% → {after:.2f}%")], ("", "")))
+
+
+# ------------------------------------------------------------------------------------ trp / decompose
+def _lowrank_report(label: str, net, bundle, small, *, acc: dict, test_limit: Optional[int], out: Path, record: dict,
+                    t0: float, repeats: int = 20) -> dict:
+    """Measure ``small`` against ``net`` (interleaved latency), save it, write the record, print the table."""
+    import chanprune
+
+    result = _measure(small, bundle, baseline=net, repeats=repeats, accuracy=False)
+    chanprune.save(small, out / "model", history=getattr(small, "chanprune_history", None), extra={"data": bundle.name})
+    dec = small.chanprune_history[-1]
+    full = {**record, "data": bundle.name, "test_images": test_limit or len(bundle.test), "accuracy": acc,
+            "dense": {"macs": result["baseline"]["macs"], "params": result["baseline"]["params"],
+                      "latency_ms": result["baseline"]["latency_ms"]},
+            "decomposed": {"macs": result["macs"], "params": result["params"], "latency_ms": result["latency_ms"],
+                           "layers_decomposed": dec["decomposed"], "layers_skipped": dec["skipped"],
+                           "threshold": dec["threshold"]},
+            "speedup": result.get("speedup"), "layers": dec["layers"], "wall_seconds": time.time() - t0}
+    write_record(out / "record.json", full)
+    rows = [(k, f"{v:.2f}%") for k, v in acc.items() if v is not None]
+    rows += [("MACs", f"{_fmt_m(result['baseline']['macs'])} → {_fmt_m(result['macs'])} ({result['mac_ratio']:.1%})"),
+             ("params", f"{_fmt_m(result['baseline']['params'])} → {_fmt_m(result['params'])} ({result['param_ratio']:.1%})"),
+             ("layers", f"{dec['decomposed']} decomposed, {dec['skipped']} left (no MAC saving)")]
+    for bs, x in (result.get("speedup") or {}).items():
+        rows.append((f"latency bs={bs}", f"{result['baseline']['latency_ms'][bs]:.2f} → {result['latency_ms'][bs]:.2f} ms ({x:.2f}×)"))
+    where = f"{test_limit:,}-image stratified test subset" if test_limit else f"{len(bundle.test):,} test images"
+    console.print(_kv_table(f"{label} (accuracy on {where})", rows, ("", "")))
+    console.print(f"wrote {out / 'model.json'}, {out / 'model.safetensors'}, {out / 'record.json'}")
+    return full
+
+
+@app.command()
+def trp(model: str = typer.Argument(..., help="saved model stem (TRP fine-tunes it)"), data: str = typer.Option("fashion_mnist"),
+        root: Optional[str] = typer.Option(None), scheme: str = typer.Option("channel", help="channel | spatial"),
+        energy: float = typer.Option(0.9, help="energy threshold e of the projection"),
+        period: int = typer.Option(5, help="project every m optimizer steps"),
+        nuclear_weight: float = typer.Option(3e-4, help="λ of the nuclear-norm sub-gradient (0: off)"),
+        epochs: int = typer.Option(1), lr: float = typer.Option(0.01), batch_size: int = typer.Option(128),
+        limit: Optional[int] = typer.Option(None, help="train on a stratified subset of this many images"),
+        decompose_threshold: Optional[float] = typer.Option(None, help="energy threshold of the final decomposition (default: --energy)"),
+        test_limit: Optional[int] = typer.Option(None, help="evaluate on a fixed stratified test subset of this size"),
+        seed: int = typer.Option(0), out: str = typer.Option("runs/trp")):
+    """Train a saved model with TRP (periodic low-rank projection + nuclear norm), then decompose it; resumable."""
+    import chanprune
+    from .engine import TrainConfig
+    from .lowrank import DecomposeConfig, TRPConfig, decompose, trp_train
+
+    t0 = time.time()
+    cfg = TRPConfig(scheme=scheme, energy=energy, period=period, nuclear_weight=nuclear_weight)
+    dcfg = DecomposeConfig(scheme=scheme, threshold=energy if decompose_threshold is None else decompose_threshold,
+                           include_linear=False)
+    tcfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, limit_train=limit)
+    net, bundle = _model_and_data(model, data, root)
+    dense = chanprune.load(model)
+    acc_dense = chanprune.evaluate(dense, bundle, limit=test_limit)["accuracy"]
+    history = trp_train(net, bundle, cfg, tcfg, checkpoint_dir=Path(out) / "state", eval_each_epoch=False)
+    acc_trained = chanprune.evaluate(net, bundle, limit=test_limit)["accuracy"]
+    chanprune.save(net, Path(out) / "trained", extra={"data": data})
+    small = decompose(net, dcfg, data=bundle)
+    acc_small = chanprune.evaluate(small, bundle, limit=test_limit)["accuracy"]
+    info_ = history["trp"]
+    record = {"command": "trp", "model": model, "method": "trp", "config": cfg.to_dict(), "train_config": tcfg.as_dict(),
+              "decompose_config": dcfg.to_dict(), "seed": seed, "train_seconds": history["time_s"],
+              "ranks_before": info_["ranks_before"], "ranks_after": info_["ranks_after"], "projections": info_["projections"]}
+    acc = {"accuracy dense": acc_dense, "accuracy after TRP": acc_trained, "accuracy decomposed": acc_small}
+    _lowrank_report(f"TRP ({scheme}, e={energy}, m={period}, λ={nuclear_weight:g})", dense, bundle, small, acc=acc,
+                    test_limit=test_limit, out=Path(out), record=record, t0=t0)
+
+
+@app.command()
+def decompose(model: str = typer.Argument(..., help="saved model stem"), data: str = typer.Option("fashion_mnist"),
+              root: Optional[str] = typer.Option(None), scheme: str = typer.Option("channel", help="channel | spatial"),
+              rule: str = typer.Option("energy", help="energy | value"),
+              threshold: float = typer.Option(0.9, help="energy fraction kept, or the σ value threshold"),
+              target_macs: Optional[float] = typer.Option(None, help="keep at most this fraction of the MACs (chooses the energy threshold)"),
+              include_strided: bool = typer.Option(False, help="also decompose strided convs"),
+              finetune_epochs: int = typer.Option(0), finetune_limit: Optional[int] = typer.Option(None),
+              test_limit: Optional[int] = typer.Option(None, help="evaluate on a fixed stratified test subset of this size"),
+              out: str = typer.Option("runs/decompose")):
+    """Plain SVD decomposition of a trained model (each chosen layer → two layers of rank r), optionally fine-tuned."""
+    import chanprune
+    from .errors import ConfigError
+    from .lowrank import DecomposeConfig
+    from .lowrank import decompose as _decompose
+
+    t0 = time.time()
+    if finetune_epochs < 0:
+        raise ConfigError(f"--finetune-epochs must be >= 0, got {finetune_epochs}; pass 0 to skip fine-tuning.")
+    cfg = DecomposeConfig(scheme=scheme, rule=rule, threshold=threshold, target_macs=target_macs, include_strided=include_strided)
+    net, bundle = _model_and_data(model, data, root)
+    acc_dense = chanprune.evaluate(net, bundle, limit=test_limit)["accuracy"]
+    small = _decompose(net, cfg, data=bundle)
+    acc_small = chanprune.evaluate(small, bundle, limit=test_limit)["accuracy"]
+    acc = {"accuracy dense": acc_dense, "accuracy decomposed": acc_small, "accuracy fine-tuned": None}
+    if finetune_epochs > 0:
+        chanprune.finetune(small, bundle, epochs=finetune_epochs, lr=0.01, limit_train=finetune_limit, eval_each_epoch=False)
+        acc["accuracy fine-tuned"] = chanprune.evaluate(small, bundle, limit=test_limit)["accuracy"]
+    record = {"command": "decompose", "model": model, "method": "decompose", "config": cfg.to_dict(),
+              "finetune": {"epochs": finetune_epochs, "limit": finetune_limit} if finetune_epochs else None}
+    _lowrank_report(f"SVD decomposition ({scheme})", net, bundle, small, acc=acc, test_limit=test_limit, out=Path(out),
+                    record=record, t0=t0)
 
 
 # ---------------------------------------------------------------------------------------------- bench
