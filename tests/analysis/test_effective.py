@@ -182,21 +182,21 @@ def test_clear_errors():
     net = base_net()
     x, y = data(4)
     with pytest.raises(AnalysisError, match="at least 6 samples"):
-        analyze(net, (x, y), AnalysisConfig(samples=4))
+        analyze(net, (x, y), AnalysisConfig(reading="gate", samples=4))
     with pytest.raises(AnalysisError, match="train mode"):
-        analyze(net.train(), (x, y), AnalysisConfig(samples=4))
+        analyze(net.train(), (x, y), AnalysisConfig(reading="gate", samples=4))
     bad = base_net()
     with torch.no_grad():
         bad[0].weight[0, 0, 0, 0] = float("nan")
     x, y = data(16)
     with pytest.raises(AnalysisError, match="NaN"):
-        analyze(bad, (x, y), AnalysisConfig(samples=16))
+        analyze(bad, (x, y), AnalysisConfig(reading="gate", samples=16))
 
 
 def test_curve_and_outputs(tmp_path):
     net = base_net()
     x, y = data(48)
-    res = analyze(net, (x, y), AnalysisConfig(samples=48))
+    res = analyze(net, (x, y), AnalysisConfig(reading="gate", samples=48))
     curve = res.curve([0.5, 0.9, 0.99, 0.999])
     rates = [r["max_compression_macs"] for r in curve]
     assert rates == sorted(rates, reverse=True)  # a stricter threshold allows less compression

@@ -9,7 +9,7 @@ from chanprune.methods.hierarchical import HierarchicalConfig, pivoted_cholesky
 from tests.analysis.test_effective import N_BASE, base_net, data, first, widen
 from tests.conftest import calib, tiny
 
-LOOSE = AnalysisConfig(rule="energy", threshold=0.95)
+LOOSE = AnalysisConfig(reading="gate", rule="energy", threshold=0.95)
 
 
 @pytest.mark.parametrize("allocation", ["proportional", "greedy"])
@@ -44,7 +44,7 @@ def test_at_max_rate_every_group_keeps_exactly_k():
 def test_over_target_is_refused_unless_allowed():
     model = chanprune.create_model("resnet20", num_classes=10, in_channels=1).eval()  # full width: fine-grained MACs
     x, y = calib(96)
-    strict = AnalysisConfig(rule="energy", threshold=0.999, samples=96)
+    strict = AnalysisConfig(reading="gate", rule="energy", threshold=0.999, samples=96)
     res = analyze(model, (x, y), strict)
     beyond = (1 - res.max_compression_macs) * 0.8
     cfg = dict(target_macs=beyond, calibration=96, analysis=strict)
@@ -60,7 +60,7 @@ def test_duplicate_pairs_lose_exactly_one_each():
     net = base_net()
     wide = widen(widen(net, source=1, split=0.5), source=4, split=0.25)  # copies of 1 and 4 at indices 6, 7
     x, y = data(64)
-    cfg = HierarchicalConfig(ratio=0.0, calibration=64, analysis=AnalysisConfig(rule="exact", samples=64))
+    cfg = HierarchicalConfig(ratio=0.0, calibration=64, analysis=AnalysisConfig(reading="gate", rule="exact", samples=64))
     res = analyze(wide, (x, y), cfg.analysis)
     assert first(res.groups).effective == N_BASE
     gi = first(res.groups).index
@@ -89,7 +89,7 @@ def test_reanalysis_after_pruning_to_max_finds_no_redundancy():
     """Verify 4: prune the planted copies away, re-analyse: k_l = n'_l."""
     net = widen(base_net(), source=2, split=0.5)
     x, y = data(64)
-    acfg = AnalysisConfig(rule="exact", samples=64)
+    acfg = AnalysisConfig(reading="gate", rule="exact", samples=64)
     res = analyze(net, (x, y), acfg)
     pruned = chanprune.prune(net, HierarchicalConfig(target_macs=1 - res.max_compression_macs, calibration=64, analysis=acfg),
                              data=(x, y), example_inputs=x[:1])
@@ -111,7 +111,7 @@ def test_iterative_mode_reaches_target_in_steps():
     model = chanprune.create_model("resnet20", num_classes=10, in_channels=1).eval()
     x, y = calib(96)
     cfg = HierarchicalConfig(target_macs=0.6, iterate=3, calibration=96, allow_exceed=True,
-                             analysis=AnalysisConfig(rule="energy", threshold=0.99))
+                             analysis=AnalysisConfig(reading="gate", rule="energy", threshold=0.99))
     pruned = chanprune.prune(model, cfg, data=(x, y), example_inputs=x[:1])
     steps = [h for h in pruned.chanprune_history if "step" in h]
     assert 1 <= len(steps) <= 3
