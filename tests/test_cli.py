@@ -136,3 +136,14 @@ def test_a_good_command_still_works(models, tmp_path):
     result = CliRunner().invoke(cli.app, ["evaluate", str(models / "m"), *D, "--out", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r.json").read_text())["command"] == "evaluate"
+
+
+def test_demo_runs_end_to_end_on_a_small_model(models, tmp_path):
+    """The main job's code path (analysis, hierarchical prune, BN, fine-tune, before/after) on LeNet-5 and digits."""
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(cli.app, ["demo", "--checkpoint", str(models / "m"), *D, "--target-macs", "0.6",
+                                          "--finetune-limit", "128", "--test-limit", "200", "--out", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    text = " ".join(result.output.split())  # rich wraps lines
+    assert "can go before accuracy drops" in text and "layer budgets" in text
+    assert list(out.rglob("*.safetensors")) and list(out.rglob("*.json"))

@@ -193,14 +193,19 @@ def evaluate(model: str = typer.Argument(..., help="saved model stem"), data: st
 # -------------------------------------------------------------------------------------------- analyze
 @app.command()
 def analyze(model: str = typer.Argument(..., help="saved model stem"), data: str = typer.Option("fashion_mnist"),
-            root: Optional[str] = typer.Option(None), reading: str = typer.Option("gate"), labels: str = typer.Option("true"),
-            rule: str = typer.Option("energy"), threshold: Optional[float] = typer.Option(0.99),
+            root: Optional[str] = typer.Option(None),
+            reading: Optional[str] = typer.Option(None, help="gate | consumer_weight | producer_weight | feature (default: AnalysisConfig's, feature)"),
+            labels: str = typer.Option("true"), rule: str = typer.Option("energy"),
+            threshold: Optional[float] = typer.Option(None, help="rank-rule threshold (default: AnalysisConfig's, 0.999 energy)"),
             samples: int = typer.Option(512), out: str = typer.Option("runs/analyze")):
     """Effective filters per group, maximum safe rates and the network's maximum compression."""
     import chanprune
     from .analysis import AnalysisConfig
 
-    cfg = AnalysisConfig(reading=reading, labels=labels, rule=rule, threshold=threshold, samples=samples)
+    given = {"reading": reading} if reading is not None else {}
+    if threshold is not None or rule != "energy":  # another rule without a threshold takes that rule's own default
+        given["threshold"] = threshold
+    cfg = AnalysisConfig(labels=labels, rule=rule, samples=samples, **given)
     net, bundle = _model_and_data(model, data, root)
     result = chanprune.analyze(net, bundle, cfg)
     console.print(result.table())
@@ -447,16 +452,23 @@ def demo(checkpoint: str = typer.Option(str(DEFAULT_CHECKPOINT), help="saved mod
          test_limit: int = typer.Option(1000, help="size of the fixed stratified test subset used for accuracy"),
          out: str = typer.Option("runs/demo")):
     """The main job: prune the shipped ResNet-56 (Fashion-MNIST) to 50% of its MACs, re-estimate BatchNorm, fine-tune briefly, report."""
+    import chanprune
+    from .analysis import AnalysisConfig
+
     t0 = time.time()
     net, bundle = _model_and_data(checkpoint, data, None)
+    safe = chanprune.analyze(net, bundle, AnalysisConfig(samples=256))  # the default reading: the no-fine-tune knee
+    console.print(f"analysis ({safe.config.reading} reading, energy {safe.config.threshold}, N={safe.samples}): "
+                  f"about {safe.max_compression_macs:.1%} of the MACs can go before accuracy drops without fine-tuning")
     extra = {"allow_exceed": True} if method == "hierarchical" else {}
     cfg = method_config(method, target_macs=target_macs, calibration=512 if method == "hierarchical" else None, recover="bn", **extra)
     pruned, full = run_prune(net, bundle, cfg, finetune_epochs=1, finetune_limit=finetune_limit, out=Path(out), label=f"{method} → {target_macs:.0%} MACs", test_limit=test_limit)
     analysis = full["record"].get("analysis")
     if analysis:
-        console.print(f"analysis: network maximum safe compression {analysis['max_compression_macs']:.1%} of MACs "
-                      f"({analysis['reading']} reading, {analysis['rule']} {analysis['threshold']}, N={analysis['samples']})"
-                      + ("; the target goes beyond it (allow_exceed)" if 1 - target_macs > analysis["max_compression_macs"] else ""))
+        console.print(f"layer budgets: every group kept at or above its effective filters ({analysis['reading']} reading, "
+                      f"{analysis['rule']} {analysis['threshold']}, N={analysis['samples']}), which allow removing "
+                      f"{analysis['max_compression_macs']:.1%} of the MACs"
+                      + ("; the target goes beyond that (allow_exceed)" if 1 - target_macs > analysis["max_compression_macs"] else ""))
     console.print(f"total wall time {time.time() - t0:.0f} s")
 
 
