@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from .registry import check_multiplier, register_model
+from .registry import check_multiplier, init_weights, register_model
 
 __all__ = ["DenseNetBC", "densenet40"]
 
@@ -82,14 +82,7 @@ class DenseNetBC(nn.Module):
         self.relu = nn.ReLU()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear="zero_bias")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(self.conv1(x))

@@ -165,3 +165,19 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwarg
                          f"{type(model).__name__}, not an nn.Module; make it return the model")
     model.chanprune_spec = {"name": name, "kwargs": json.loads(json.dumps(full))}
     return model
+
+
+def init_weights(model: nn.Module, *, linear: str = "default") -> None:
+    """The zoo's initialisation: convolutions He-normal (fan-out, ReLU gain), BatchNorm γ = 1 and β = 0, and
+    Linear layers as ``linear`` says: ``"default"`` (PyTorch's own), ``"zero_bias"``, or ``"normal"`` (N(0, 0.01²),
+    zero bias)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and linear != "default":
+            if linear == "normal":
+                nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)

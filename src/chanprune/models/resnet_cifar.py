@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from .registry import check_multiplier, register_model
+from .registry import check_multiplier, init_weights, register_model
 
 __all__ = ["CifarResNet", "BasicBlock", "resnet20", "resnet32", "resnet56", "resnet110"]
 
@@ -66,12 +66,7 @@ class CifarResNet(nn.Module):
         self.layer3 = self._stage(c2, c3, n, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c3, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     @staticmethod
     def _stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
