@@ -9,8 +9,12 @@ For one shipped Fashion-MNIST checkpoint it writes bench/results/effective_<mode
                (the smallest kept-MAC fraction whose no-fine-tune accuracy is within 1 point of dense);
   3. methods:  hierarchical (proportional and greedy allocation) vs uniform L1, global L1, Taylor and HRank at 50/33/25 % of the MACs —
                no fine-tune and after the same short fine-tune;
-  4. cost:     analysis wall time on 512 samples / one plain forward+backward pass over them, next to
-               one HRank feature-rank pass; resident memory after each of 5 repeated analyses.
+  4. cost:     analysis wall time on 512 samples (the gate reading, which needs the backward pass, and the
+               default reading) / one plain forward+backward pass over them, next to one HRank feature-rank
+               pass; peak resident memory of each of 5 repeated analyses (VmHWM, reset before each);
+  5. prune_readings: hierarchical pruning at 50 % and 33 % of the MACs with each reading's analysis
+               (no fine-tune, BN re-estimated) — which reading prunes best, hence HierarchicalConfig's default.
+Parts not run keep their earlier results in the JSON (it is updated, not rewritten).
 Fairness: every method gets the same checkpoint, MAC target, 512 calibration images, the same BatchNorm
 re-estimation (20 batches of 64 training images) before the no-fine-tune accuracy, and the same
 fine-tune (1 epoch over a fixed 5,000-image training subset, lr 0.01, cosine). Accuracy is on a fixed
@@ -22,7 +26,6 @@ import argparse
 import copy
 import gc
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -43,9 +46,18 @@ TEST_SUBSET = 2000
 FT_IMAGES = 5000
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process (Linux: write 5 to clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 class Bench:
@@ -103,23 +115,26 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
     p.add_argument("--quick", action="store_true", help="fewer points, no fine-tune (smoke check)")
-    p.add_argument("--parts", default="cost,sweep,readings,methods")
+    p.add_argument("--parts", default="cost,sweep,readings,prune_readings,methods")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     parts = set(args.parts.split(","))
     b = Bench(args.model, args.quick)
-    out = {"model": args.model, "data": "fashion_mnist", "calibration": CALIBRATION, "test_subset": TEST_SUBSET,
+    path = ROOT / "bench" / "results" / f"effective_{args.model}{'_quick' if args.quick else ''}.json"
+    out = json.loads(path.read_text()) if path.exists() else {}
+    out.update({"model": args.model, "data": "fashion_mnist", "calibration": CALIBRATION, "test_subset": TEST_SUBSET,
            "finetune": {"epochs": 1, "images": FT_IMAGES, "lr": 0.01}, "bn_recalibration": {"batches": 20, "batch_size": 64},
-           "threads": 1, "versions": {"torch": torch.__version__, "chanprune": chanprune.__version__, "python": platform.python_version()}}
+           "threads": 1, "versions": {"torch": torch.__version__, "chanprune": chanprune.__version__, "python": platform.python_version()}})
     dense = b.accuracy(b.model)
     out["dense_accuracy"] = dense
-    path = ROOT / "bench" / "results" / f"effective_{args.model}{'_quick' if args.quick else ''}.json"
     save = lambda: write_text_atomic(path, json.dumps(out, indent=1))  # noqa: E731
 
     x, y = b.data.calibration(CALIBRATION, seed=0)
     batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
-    base_cfg = AnalysisConfig(samples=CALIBRATION)
+    base_cfg = AnalysisConfig(samples=CALIBRATION)  # the default reading and threshold
     result = analyze(b.model, batches, base_cfg)
+    out["analysis_config"] = {"reading": base_cfg.reading, "rule": base_cfg.rule, "threshold": base_cfg.threshold,
+                              "samples": base_cfg.samples}
     out["analysis"] = result.to_dict(spectra=False)
     out["curve"] = result.curve([0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999])
     r_max = result.max_compression_macs
@@ -141,19 +156,34 @@ def main(argv=None) -> int:
         def hrank():
             collect_features(b.model, graph, batches, lambda o: map_rank(o.clamp_min(0)))
 
+        gate_cfg = AnalysisConfig(samples=CALIBRATION, reading="gate", threshold=0.99)
+
         def ana():
+            analyze(b.model, batches, gate_cfg, graph=graph)
+
+        def ana_default():
             analyze(b.model, batches, base_cfg, graph=graph)
 
-        times = {"plain": [], "analysis": [], "hrank": []}
-        rss = []
-        for _ in range(3 if args.quick else 5):  # interleaved
-            for name, fn in (("plain", plain), ("analysis", ana), ("hrank", hrank)):
+        arms = (("plain", plain), ("analysis", ana), ("analysis_default", ana_default), ("hrank", hrank))
+        times = {name: [] for name, _ in arms}
+        for _ in range(3):  # interleaved
+            for name, fn in arms:
                 gc.collect()
                 t0 = time.perf_counter(); fn(); times[name].append(time.perf_counter() - t0)
-            rss.append(rss_mb())
+        peaks = []
+        for _ in range(5):  # peak memory of each repeated (gate) analysis: a leak would make it climb
+            gc.collect()
+            reset_peak_rss()
+            ana()
+            peaks.append(peak_rss_mb())
         med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-        out["cost"] = {"samples": CALIBRATION, "median_seconds": med, "analysis_over_plain": med["analysis"] / med["plain"],
-                       "hrank_over_plain": med["hrank"] / med["plain"], "rss_mb_after_each_round": rss, "all_seconds": times}
+        out["cost"] = {"samples": CALIBRATION, "threads": torch.get_num_threads(), "median_seconds": med,
+                       "analysis": "gate reading, eta 0.99 (gradient analysis)",
+                       "analysis_default": f"{base_cfg.reading} reading, eta {base_cfg.threshold} (the default)",
+                       "analysis_over_plain": med["analysis"] / med["plain"],
+                       "analysis_default_over_plain": med["analysis_default"] / med["plain"],
+                       "hrank_over_plain": med["hrank"] / med["plain"], "peak_rss_mb_each_analysis": peaks,
+                       "all_seconds": times}
         save()
 
     if "sweep" in parts:
@@ -195,6 +225,22 @@ def main(argv=None) -> int:
             out["best_predictor"] = {"reading": best[1], "threshold": float(best[2]), "abs_error_kept_macs": best[0],
                                      "knee_kept_macs": k}
         save()
+
+    if "prune_readings" in parts:
+        rows = []
+        settings = [("gate", 0.99), ("feature", 0.999), ("feature", 0.99), ("producer_weight", 0.999)]
+        for target in (0.5, 0.33):
+            for reading, threshold in settings:
+                acfg = AnalysisConfig(reading=reading, threshold=threshold, samples=CALIBRATION if reading == "gate" else 256)
+                try:
+                    _, r = b.prune(HierarchicalConfig(target_macs=target, calibration=CALIBRATION, allow_exceed=True,
+                                                      analysis=acfg))
+                    r.pop("analysis", None)
+                except ChanpruneError as exc:
+                    r = {"error": str(exc)}
+                rows.append({"target": target, "reading": reading, "threshold": threshold, **r})
+                out["prune_readings"] = rows
+                save()
 
     if "methods" in parts:
         methods = {
