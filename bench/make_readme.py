@@ -5,6 +5,7 @@
 Sections are delimited by <!-- NAME:start --> / <!-- NAME:end --> markers:
   zoo        — checkpoints/*/record.json (written by bench/train_zoo.py)
   effective  — bench/results/effective_<model>.json (bench/effective_filters.py), plus PNG plots
+  results    — bench/results/scoreboard_<checkpoint>.json (bench/scoreboard.py), plus bench/plots/scoreboard_*.png
 A section whose sources are missing says so instead of showing numbers.
 """
 from __future__ import annotations
@@ -106,7 +107,16 @@ def effective_section() -> str:
     return "\n\n".join(parts)
 
 
-SECTIONS = {"zoo": zoo_section, "effective": effective_section}
+def results_section() -> str:
+    """The scoreboard (bench/scoreboard.py): tables from bench/results/scoreboard_*.json, plots to bench/plots/."""
+    import scoreboard  # bench/scoreboard.py, next to this file
+
+    docs = scoreboard.load_docs(RESULTS)
+    plots = scoreboard.make_plots(docs, ROOT / "bench" / "plots") if docs else []
+    return scoreboard.render_markdown(docs, plots, ROOT)
+
+
+SECTIONS = {"zoo": zoo_section, "effective": effective_section, "results": results_section}
 
 
 def main() -> int:

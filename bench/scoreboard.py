@@ -701,7 +701,8 @@ def _label(doc: dict) -> str:
     kw = doc.get("model_kwargs") or {}
     width = {k: v for k, v in kw.items() if k in ("width", "width_mult")}
     extra = f" (width {next(iter(width.values()))})" if width else ""
-    return f"{MODEL_LABEL.get(doc['model'], doc['model'])}{extra}, {doc['data'].replace('_', '-')}"
+    data = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}.get(doc["data"], doc["data"])
+    return f"{MODEL_LABEL.get(doc['model'], doc['model'])}{extra}, {data}"
 
 
 def _main_rows(doc: dict, target: float | None = None) -> list[dict]:
@@ -874,6 +875,7 @@ def make_plots(docs: list[dict], outdir: Path) -> list[Path]:
         if not rows:
             continue
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
         for method in sorted({r["method"] for r in rows}):
             pts = sorted((r["macs_ratio"], *_ft(r)) for r in rows if r["method"] == method)
             x, y, e = (np.asarray(v) for v in zip(*pts))
@@ -894,15 +896,18 @@ def make_plots(docs: list[dict], outdir: Path) -> list[Path]:
     pts = [(doc, r) for doc in docs for r in doc["rows"] if r["status"] == "ok" and "latency" in r]
     if pts:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
+        labels = [_label(d) for d in docs]
+        colors = {lab: plt.cm.tab10(i % 10) for i, lab in enumerate(labels)}
         for ax, b in zip(axes, ("b1", "b32")):
-            labels = sorted({_label(d) for d, _ in pts})
             for lab in labels:
                 for fam, marker in (("chanprune", "o"), ("torch-pruning", "s")):
                     sel = [(1 / r["macs_ratio"], r["latency"][b]["speedup"]) for d, r in pts
                            if _label(d) == lab and r["family"] == fam]
                     if sel:
                         x, y = zip(*sel)
-                        ax.scatter(x, y, marker=marker, s=18, alpha=0.7, label=f"{lab} · {fam}")
+                        ax.scatter(x, y, marker=marker, s=18, alpha=0.7, color=colors[lab],
+                                   facecolors="none" if fam == "torch-pruning" else None,
+                                   label=f"{lab} · {fam}")
             hi = max(max(1 / r["macs_ratio"] for _, r in pts), 1.0) * 1.05
             ax.plot([1, hi], [1, hi], "k--", linewidth=1, label="y = x (speed-up = MAC reduction)")
             ax.set_xlabel("MAC reduction (dense MACs / pruned MACs)")
@@ -916,6 +921,39 @@ def make_plots(docs: list[dict], outdir: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def closing_note(docs: list[dict]) -> str:
+    """Plain statement of where chanprune wins, ties and loses, plus facts the JSON shows about the peers."""
+    buckets: dict[str, dict[str, list[str]]] = {"ft": {}, "no_ft": {}}
+    for doc in docs:
+        for v in verdicts(doc):
+            for kind in ("ft", "no_ft"):
+                if kind in v:
+                    x = v[kind]
+                    buckets[kind].setdefault(x["verdict"], []).append(
+                        f"{_label(doc)} at {100 * v['target']:.0f}% ({x['ours']} vs {x['tp']})")
+    lines = []
+    for kind, title in (("ft", "After the short fine-tune"), ("no_ft", "Without fine-tuning (BN re-estimated)")):
+        b = buckets[kind]
+        if not b:
+            continue
+        said = [f"chanprune **{w}s** at {'; '.join(b[w])}" if w != "loss" else f"chanprune **loses** at {'; '.join(b[w])}"
+                for w in ("win", "tie", "loss") if b.get(w)]
+        lines.append(f"{title}: " + ". ".join(said) + ".")
+    hess = [r for d in docs for r in d["rows"] if r["method"] == "tp.hessian" and r["status"] == "ok"
+            and r.get("info", {}).get("hessian_samples_accumulated") is not None]
+    if hess:
+        kept = sorted({r["info"]["hessian_samples_accumulated"] for r in hess})
+        fed = sorted({r["info"]["hessian_samples_fed"] for r in hess})
+        lines.append(f"Note on `tp.hessian`: Torch-Pruning's `HessianImportance.accumulate_grad` was fed "
+                     f"{', '.join(map(str, fed))} per-sample gradients but its counter reports "
+                     f"{', '.join(map(str, kept))} accumulated (in 1.6.1 it tests the parameter's *name* against a "
+                     "dict keyed by parameters, so every call overwrites the previous sample); its scores are run "
+                     "as shipped.")
+    if not lines:
+        return ""
+    return "**Closing note: where chanprune wins, ties and loses, as measured.**\n\n" + "\n\n".join(lines)
 
 
 def render_markdown(docs: list[dict], plots: list[Path] | None = None, root: Path = ROOT) -> str:
@@ -934,7 +972,8 @@ def render_markdown(docs: list[dict], plots: list[Path] | None = None, root: Pat
         f"{' Nesterov' if ft['nesterov'] else ''}, weight decay {ft['weight_decay']}, augmentation "
         f"{'on' if ft['augment'] else 'off'}, seeds {', '.join(map(str, rec['seeds']))} (mean ± sample std); accuracy on "
         f"a fixed stratified {rec['test_images']:,}-image test subset; MACs within {rec['tolerance']:.0%} of the "
-        f"target (Torch-Pruning's `pruning_ratio` bisected; chanprune's own search); CPU latency with "
+        f"target (Torch-Pruning's `pruning_ratio` bisected; chanprune's own search) or, where the channel counts are "
+        f"too coarse for that, the closest within {rec.get('accept_tolerance', 0.03):.0%} (marked †); CPU latency with "
         f"{rec['latency']['threads']} thread, dense and pruned interleaved, {rec['latency']['repeats']} rounds, medians. "
         f"*prune s* is the pruning step itself (Torch-Pruning: gradients + pruner + step at the found ratio; "
         f"in brackets with the bisection), chanprune: the whole `prune()` call, verification included. "
@@ -976,6 +1015,9 @@ def render_markdown(docs: list[dict], plots: list[Path] | None = None, root: Pat
                  "reduction? A ratio of 1.00 means the speed-up equals the MAC reduction.\n\n" + round_to_table(docs))
     if plots:
         parts.append("\n".join(f"![{p.stem}]({p.relative_to(root).as_posix()})" for p in plots))
+    notes = closing_note(docs)
+    if notes:
+        parts.append(notes)
     gone = missing(docs)
     if gone:
         parts.append("**Not measured yet** (the run is resumable; these rows are what it still lacks):\n\n"
