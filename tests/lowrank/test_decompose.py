@@ -201,6 +201,14 @@ def test_target_macs_picks_the_largest_threshold_within_budget():
         decompose(model, DecomposeConfig(target_macs=0.01), example_inputs=x)
 
 
+def test_top_level_exports():
+    from chanprune import lowrank
+
+    assert chanprune.decompose is decompose and chanprune.DecomposeConfig is DecomposeConfig
+    assert chanprune.LowRank is LowRank and chanprune.trp_train is lowrank.trp_train
+    assert chanprune.TRPConfig is lowrank.TRPConfig and callable(chanprune.decompose)
+
+
 def test_decompose_leaves_the_argument_untouched():
     model = tiny("resnet20")
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -150,7 +150,8 @@ class TRPHooks:
         self.detach()
         self._handles.append(self.model.register_forward_pre_hook(self._pre_forward))
         for name, m, _ in self.targets:
-            self._handles.append(m.weight.register_hook(self._grad_hook(name)))
+            if m.weight.requires_grad:  # a frozen weight gets no gradient, so no sub-gradient either
+                self._handles.append(m.weight.register_hook(self._grad_hook(name)))
         return self
 
     def detach(self) -> None:
