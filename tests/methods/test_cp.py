@@ -300,3 +300,33 @@ def test_planted_redundant_channels_are_restored_inside_residual_blocks():
         assert float((masked(xt) - want).norm() / want.norm()) > 1e-2
     for h in hooks:
         h.remove()
+
+
+def test_replay_from_a_cut_gives_the_same_rows_and_the_same_pruned_model(monkeypatch):
+    """CP's passes start at a cached cut; the rows equal consumer_rows', a module that is not a cut (a residual
+    branch's first layer, whose input the shortcut also reads) is refused, and CP's result is the same as
+    with every pass starting at the network input."""
+    from chanprune.methods import cp as cp_mod
+    from chanprune.recovery import consumer_rows
+
+    model = tiny("resnet20")
+    x, y = calib(20)
+    batches = [(x[:8], y[:8]), (x[8:16], y[8:16]), (x[16:], y[16:])]
+    replay = cp_mod._Replay(model, batches)
+    assert replay.valid("layer2.1") and not replay.valid("layer2.1.conv1") and not replay.valid("layer2.1.bn1")
+    replay.move_to("layer2.1")
+    names = ["layer2.1.conv2", "layer3.0.conv1", "fc"]
+    got, _ = cp_mod.sample_rows(replay, names, {}, 7, 5)
+    want = consumer_rows(model, names, batches, 7, 5)
+    for n in names:
+        assert torch.allclose(got[n], want[n], atol=1e-6), n
+    mobile = tiny("mobilenetv2")  # its tiny random version gives the same logits for every image
+    assert not cp_mod._Replay(mobile, batches).valid("features.2.conv")  # x + conv(x): the shapes clash
+    cfg = CPConfig(target_macs=0.5, calibration=20)
+    fast = chanprune.prune(model, cfg, data=(x, y), example_inputs=x[:1])
+    monkeypatch.setattr(cp_mod._Replay, "valid", lambda self, name: False)
+    slow = chanprune.prune(model, cfg, data=(x, y), example_inputs=x[:1])
+    xt, _ = calib(8, seed=3)
+    with torch.no_grad():
+        assert torch.allclose(fast(xt), slow(xt), rtol=1e-4, atol=1e-5)
+    assert fast.chanprune_history[-1]["groups"] == slow.chanprune_history[-1]["groups"]

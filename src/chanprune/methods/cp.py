@@ -61,7 +61,7 @@ from ..config import PruneConfig
 from ..errors import ConfigError
 from ..recovery.compensation import Compensation, NormFolds, is_residual, kept_channels, write_consumer
 from ..recovery.lstsq import lstsq_refit
-from ..recovery.stats import columns, consumer_rows, sample_positions, supported, weight_matrix
+from ..recovery.stats import columns, consumer_rows, patches, sample_positions, supported, weight_matrix
 from ..surgery import mask_hooks, mask_sites
 
 
@@ -341,75 +341,209 @@ def branch_ends(graph, names) -> dict[str, BranchEnd]:
     return out
 
 
-class _Caught(Exception):
-    """Raised once every addition of interest has been seen (the rest of the forward is skipped)."""
+class _Stop(Exception):
+    """Raised once a pass has collected everything it needs (the rest of the forward is skipped)."""
 
 
 class _ShortcutCatcher(TorchFunctionMode):
-    """Records the other operand of every addition that reads a marked tensor (a branch's output)."""
+    """Records the other operand of every addition that reads a marked tensor (a branch's output); raises
+    :class:`_Stop` after an addition once ``done()`` says the pass has everything."""
 
-    def __init__(self, marked: dict, found: dict, wanted: int):
+    def __init__(self, marked: dict, found: dict, done):
         super().__init__()
-        self.marked, self.found, self.wanted = marked, found, wanted
+        self.marked, self.found, self.done = marked, found, done
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if getattr(func, "__name__", "") in _ADD_NAMES and len(args) >= 2 and "alpha" not in kwargs:
+            hit = False
             for who, tensor in list(self.marked.items()):
                 other = args[1] if args[0] is tensor else args[0] if args[1] is tensor else None
                 if isinstance(other, torch.Tensor) and who not in self.found:
                     self.found[who] = other.detach().clone()
-            if len(self.found) >= self.wanted:
-                raise _Caught
+                    hit = True
+            if hit and self.done():
+                raise _Stop
         return func(*args, **kwargs)
 
 
-def shortcut_rows(model: nn.Module, ends: dict[str, BranchEnd], batches, points_per_image, seed: int) -> dict[str, torch.Tensor]:
-    """{consumer: S (M × n, float64)}: the shortcut operand of each branch end's addition, at the output
-    positions :func:`chanprune.recovery.consumer_rows` samples for that consumer (same seed and counts),
-    one forward pass over ``batches`` (each stopped once every addition has been seen)."""
+def _dummy(images: torch.Tensor, cached: int) -> torch.Tensor:
+    """Zeros standing in for the input of a replayed prefix: a batch of 2 (3 if the cached batch has 2), so a
+    tensor of the prefix that reaches the part after the cut (where the cached batch runs) cannot broadcast
+    against it — the shapes clash and the pass fails instead of silently mixing."""
+    k = 3 if cached == 2 else 2
+    return torch.zeros((k,) + tuple(images.shape[1:]), dtype=images.dtype)
+
+
+class _Replay:
+    """The calibration activations of a network at a *cut*: a module whose input is all that the rest of the
+    forward needs. A pass can then start there instead of at the network input — the prefix runs on a
+    dummy batch (:func:`_dummy`) and the cut's input is swapped for the cached activations — so CP's
+    layer-by-layer passes cost about two forwards in all instead of one partial forward per group. A cut is
+    accepted only after a check on a probe batch: the replay must run (a module whose input is not the only
+    live tensor, e.g. a residual branch's first conv, fails with a shape clash) and give the output of a
+    full forward."""
+
+    def __init__(self, model: nn.Module, batches):
+        self.model = model
+        self.raw = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
+        self.cut: str | None = None
+        self.cached: list[torch.Tensor] | None = None
+        self._valid: dict[str, bool] = {}
+        self.device = next(model.parameters()).device
+
+    def _forward(self, bi: int, hooks: dict, mode=None) -> None:
+        """One forward of batch ``bi`` from the current cut, with extra pre-hooks {module name: fn(module, inputs)}."""
+        modules = dict(self.model.named_modules())
+        handles = []
+        if self.cut is not None:
+            cached = self.cached[bi]
+            handles.append(modules[self.cut].register_forward_pre_hook(lambda _m, _i: (cached,)))
+        handles += [modules[n].register_forward_pre_hook(fn) for n, fn in hooks.items()]
+        x = self.raw[bi] if self.cut is None else _dummy(self.raw[bi], len(self.cached[bi]))
+        try:
+            if mode is not None:
+                with mode:
+                    self.model(x.to(self.device))
+            else:
+                self.model(x.to(self.device))
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+
+    def valid(self, name: str) -> bool:
+        """Whether ``name`` works as a cut (checked once, on the first batch's first four images)."""
+        if name not in self._valid:
+            modules = dict(self.model.named_modules())
+            x = self.raw[0][:4].to(self.device)
+            if len(x) < 2:  # a one-image probe cannot tell a cut from a module that is not one
+                self._valid[name] = False
+                return False
+            seen: list = []
+            h = modules[name].register_forward_pre_hook(lambda _m, i: seen.append(i))
+            try:
+                with torch.no_grad():
+                    want = self.model(x)
+            finally:
+                h.remove()
+            ok = len(seen) == 1 and len(seen[0]) == 1 and isinstance(seen[0][0], torch.Tensor)
+            if ok:
+                held = seen[0][0]
+                h = modules[name].register_forward_pre_hook(lambda _m, _i: (held,))
+                try:
+                    with torch.no_grad():
+                        got = self.model(_dummy(x, len(x)))
+                    ok = got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5 * (1 + float(want.abs().max())))
+                except Exception:  # noqa: BLE001 - any failure of the replay means "not a cut"
+                    ok = False
+                finally:
+                    h.remove()
+            self._valid[name] = ok
+        return self._valid[name]
+
+    def move_to(self, name: str) -> None:
+        """Cache the input of module ``name`` (later in the forward than the current cut) for every batch."""
+        if name == self.cut:
+            return
+        modules = dict(self.model.named_modules())
+        out: list[torch.Tensor] = []
+
+        def grab(_m, inputs):
+            out.append(inputs[0].detach())
+            raise _Stop
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for bi in range(len(self.raw)):
+                    before = len(out)
+                    self._forward(bi, {name: grab})
+                    if len(out) != before + 1:
+                        raise ConfigError(f"layer {name!r} did not run in the forward pass; CP cannot sample there.")
+        finally:
+            self.model.train(was_training)
+        self.cut, self.cached = name, out
+
+
+def sample_rows(replay: _Replay, consumers, ends: dict[str, BranchEnd], points_per_image, seed: int):
+    """({consumer: X}, {branch end: S}) in one pass (from the replay's cut): X the consumer's im2col rows
+    and S the shortcut operand of the branch end's addition, both at the positions
+    :func:`chanprune.recovery.stats.sample_positions` draws — the rows :func:`chanprune.recovery.consumer_rows`
+    returns for the same model, seed and counts."""
+    model = replay.model
     modules = dict(model.named_modules())
-    rows: dict[str, list[torch.Tensor]] = {n: [] for n in ends}
+    for n in consumers:
+        if not supported(modules[n]):
+            raise ConfigError(f"layer {n!r} has no im2col consumer view (only Linear and convs with groups=1).")
+    xs: dict[str, list[torch.Tensor]] = {n: [] for n in consumers}
+    ss: dict[str, list[torch.Tensor]] = {n: [] for n in ends}
     marked: dict[str, torch.Tensor] = {}
     found: dict[str, torch.Tensor] = {}
+    pending: set[str] = set()
+    batch = [0]
 
-    def make(consumer):
-        def hook(_m, _inputs, output):
-            marked[consumer] = output
+    def points(n):
+        return int(points_per_image[n] if isinstance(points_per_image, dict) else points_per_image)
+
+    def gather(n, p):  # p: (N, L, D)
+        pos = sample_positions(n, seed, batch[0], p.shape[0], p.shape[1], points(n))
+        if pos is not None:
+            p = torch.gather(p, 1, pos.to(p.device)[:, :, None].expand(-1, -1, p.shape[2]))
+        return p.reshape(-1, p.shape[2]).double().cpu()
+
+    def row_hook(n):
+        module = modules[n]
+
+        def hook(_m, inputs):
+            if n in pending:
+                xs[n].append(gather(n, patches(module, inputs[0])))
+                pending.discard(n)
+                if not pending and len(found) == len(ends):
+                    raise _Stop
 
         return hook
 
-    handles = [modules[e.last].register_forward_hook(make(n)) for n, e in ends.items()]
+    def mark(n):
+        def hook(_m, _inputs, output):
+            marked[n] = output
+
+        return hook
+
+    marks = [modules[e.last].register_forward_hook(mark(n)) for n, e in ends.items()]
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     try:
         with torch.no_grad():
-            for bi, batch in enumerate(batches):
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            for bi in range(len(replay.raw)):
+                batch[0] = bi
+                pending.clear()
+                pending.update(consumers)
                 marked.clear()
                 found.clear()
-                try:
-                    with _ShortcutCatcher(marked, found, len(ends)):
-                        model(x.to(device))
-                except _Caught:
-                    pass
+                mode = _ShortcutCatcher(marked, found, lambda: not pending and len(found) == len(ends)) if ends else None
+                replay._forward(bi, {n: row_hook(n) for n in consumers}, mode)
+                if pending:
+                    raise ConfigError(f"layer(s) {sorted(pending)} did not run in the forward pass; CP cannot sample them.")
                 for n in ends:
                     if n not in found:
                         raise ConfigError(f"the residual addition after layer {n!r} was not seen in the forward pass; "
                                           "pass residual_correction=False.")
                     s = found[n]
-                    s = s.reshape(s.shape[0], s.shape[1], -1).transpose(1, 2)  # (N, L, n)
-                    points = int(points_per_image[n] if isinstance(points_per_image, dict) else points_per_image)
-                    pos = sample_positions(n, seed, bi, s.shape[0], s.shape[1], points)
-                    if pos is not None:
-                        s = torch.gather(s, 1, pos.to(s.device)[:, :, None].expand(-1, -1, s.shape[2]))
-                    rows[n].append(s.reshape(-1, s.shape[2]).double().cpu())
+                    ss[n].append(gather(n, s.reshape(s.shape[0], s.shape[1], -1).transpose(1, 2)))
     finally:
-        for h in handles:
+        for h in marks:
             h.remove()
         model.train(was_training)
-    return {n: torch.cat(r, 0) for n, r in rows.items() if r}
+    return {n: torch.cat(r, 0) for n, r in xs.items()}, {n: torch.cat(r, 0) for n, r in ss.items()}
+
+
+def shortcut_rows(model: nn.Module, ends: dict[str, BranchEnd], batches, points_per_image, seed: int) -> dict[str, torch.Tensor]:
+    """{consumer: S (M × n, float64)}: the shortcut operand of each branch end's addition, at the output
+    positions :func:`chanprune.recovery.consumer_rows` samples for that consumer (same seed and counts)."""
+    return sample_rows(_Replay(model, batches), [], ends, points_per_image, seed)[1]
 
 
 def corrected_target(y: torch.Tensor, s_orig: torch.Tensor, s_pruned: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -446,6 +580,43 @@ def _execution_order(model: torch.nn.Module, example_inputs: torch.Tensor) -> di
         for h in handles:
             h.remove()
     return order
+
+
+def _first_calls(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
+    """Names of the modules (containers too) in the order of their first call; modules called more than
+    once per forward are left out (they cannot be cuts)."""
+    calls: list[str] = []
+    count: dict[str, int] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def hook(_m, _i, name=name):
+            count[name] = count.get(name, 0) + 1
+            if count[name] == 1:
+                calls.append(name)
+
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model.eval()(example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return [n for n in calls if count[n] == 1]
+
+
+def _cut_before(replay: _Replay, calls: list[str], producers: list[str]) -> str | None:
+    """The latest valid cut called before every one of ``producers`` (None: start at the network input)."""
+    first = min((calls.index(p) for p in producers if p in calls), default=None)
+    if first is None:
+        return None
+    start = calls.index(replay.cut) if replay.cut in calls else -1
+    for i in range(first - 1, start, -1):
+        if replay.valid(calls[i]):
+            return calls[i]
+    return replay.cut
 
 
 def _inputs(module: torch.nn.Module) -> int:
@@ -523,20 +694,23 @@ def cp_planner(session: PruneSession) -> dict[int, list[int]]:
         n: max(cfg.points_per_image, math.ceil(cfg.min_rows_per_input * (weight_matrix(orig[n]).shape[1] + 1) / images))
         for n in names
     }
-    x_orig = consumer_rows(session.work, names, session.batches, ppi, cfg.seed)
+    ends: dict[str, BranchEnd] = {}
+    if cfg.residual_correction and cfg.source_X == "pruned":
+        ends = branch_ends(graph, names)
+    x_orig, s_orig = sample_rows(_Replay(session.work, session.batches), names, ends, ppi, cfg.seed)
     y_orig = {}
     for n in names:
         W = weight_matrix(orig[n]).detach().double().cpu()
         b = orig[n].bias.detach().double().cpu() if orig[n].bias is not None else torch.zeros(W.shape[0], dtype=torch.float64)
         y_orig[n] = x_orig[n] @ W.T + b
-
-    ends: dict[str, BranchEnd] = {}
-    if cfg.residual_correction and cfg.source_X == "pruned":
-        ends = branch_ends(graph, names)
-    s_orig = shortcut_rows(session.work, ends, session.batches, ppi, cfg.seed) if ends else {}
+    rows_used = {n: int(x.shape[0]) for n, x in x_orig.items()}
+    if cfg.source_X == "pruned":
+        x_orig = {}  # only the targets are needed from the original
 
     work = copy.deepcopy(session.work)  # the network pruned so far: removed channels masked, refits applied
     mods = dict(work.named_modules())
+    replay = _Replay(work, session.batches)
+    calls = _first_calls(work, session.example_inputs)
     gen = torch.Generator().manual_seed(cfg.seed)
     plan: dict[int, list[int]] = {}
     refits: dict[str, tuple] = {}
@@ -551,9 +725,11 @@ def cp_planner(session: PruneSession) -> dict[int, list[int]]:
         if cfg.source_X == "pruned":
             handles = mask_hooks(work, mask_sites(graph, plan))
             try:
-                xs = consumer_rows(work, consumers, session.batches, ppi, cfg.seed)
+                cut = _cut_before(replay, calls, [p.name for p in g.producers])
+                if cut is not None and (replay.cut is None or calls.index(cut) > calls.index(replay.cut)):
+                    replay.move_to(cut)  # through the groups pruned so far, with their refits
                 here = {n: ends[n] for n in consumers if n in ends}
-                s_pruned = shortcut_rows(work, here, session.batches, ppi, cfg.seed) if here else {}
+                xs, s_pruned = sample_rows(replay, consumers, here, ppi, cfg.seed)
             finally:
                 for h in handles:
                     h.remove()
@@ -584,7 +760,7 @@ def cp_planner(session: PruneSession) -> dict[int, list[int]]:
         if corrections:  # ‖(Y_s − Y_s′)/a‖ relative to the spread of Y_b: the shortcut error taken over
             layers[g.name]["shortcut_correction"] = max(corrections.values())
     session.notes["cp"] = {
-        "points_per_image": cfg.points_per_image, "rows": {n: int(x.shape[0]) for n, x in x_orig.items()},
+        "points_per_image": cfg.points_per_image, "rows": rows_used,
         "source_X": cfg.source_X, "layers": layers, "branch_ends": sorted(ends),
         "unpruned_groups": [g.name for g in graph.groups if g.index not in chosen],
     }
