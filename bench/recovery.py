@@ -1,0 +1,290 @@
+"""Issue 5 benchmark: accuracy back without retraining — L1, hierarchical, CP, CaP, with and without compensation.
+
+    python bench/recovery.py resnet56 [--parts main,calibration,finetune] [--quick]
+
+For one shipped Fashion-MNIST checkpoint (resnet56, or vgg16_bn — the shipped VGG-16-BN has width 0.5)
+it writes bench/results/recovery_<model>.json, one row at a time (a rerun skips rows already there):
+
+  main         at 50 % and 33 % of the MACs, 500 calibration images, six rows:
+                 l1                 uniform L1, no recovery of its own
+                 l1+comp            uniform L1, then recover="compensate" (closed-form refit of every consumer)
+                 hierarchical       effective-filter layer budgets + pivoted-Cholesky filters, no recovery of its own
+                 hierarchical+comp  the same plan, then recover="compensate"
+                 cp                 CP: LASSO selection + least-squares refit, shortcut correction in residual blocks
+                 cap                CaP: compensation-aware ranking, binary structural search, compensation
+               Every row is measured twice without fine-tuning: as the method returns it, and after BatchNorm
+               re-estimation on the same calibration images (running statistics recomputed; nothing else).
+               Per row: both accuracies, the relative reconstruction error ‖Y − Ŷ‖/‖Y‖ of every consumer
+               (every conv/Linear whose inputs lost channels; Y its output after its BatchNorm, on the kept
+               channels, so a bias folded into BN running means counts) on 256 held-out training images that
+               are in no calibration set, the logits' error on them, wall time of prune() and of the BN pass.
+  calibration  at 50 % of the MACs, the same six rows with 100 and 2,000 calibration images (500 is in main);
+               the sets are nested (a stratified subset of the training split, seed 0).
+  finetune     every main row's model without fine-tune (the method's own recovery; for l1 and hierarchical,
+               which have none, after the BN re-estimation) fine-tuned with one recipe: 1 epoch over a fixed
+               stratified 2,000-image training subset (seed 0), SGD (momentum 0.9, Nesterov, weight decay
+               5e-4) at lr 0.01 with a cosine schedule, batch 128, the loader's default augmentation.
+
+Accuracy is on a fixed stratified 2,000-image subset of the test split (seed 0). One thread per process.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import chanprune
+from chanprune._atomic import write_text_atomic
+from chanprune.config import L1Config
+from chanprune.engine import evaluate, finetune, recalibrate_bn
+from chanprune.errors import ChanpruneError
+from chanprune.methods.cap import CaPConfig
+from chanprune.methods.cp import CPConfig
+from chanprune.methods.hierarchical import HierarchicalConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_SUBSET = 2000
+CALIBRATION = 500
+SIZES = (100, 2000)
+HELD_OUT = 256
+FT = {"epochs": 1, "images": 2000, "lr": 0.01, "batch_size": 128}
+TARGETS = (0.5, 0.33)
+
+METHODS = {
+    "l1": lambda t, n: L1Config(target_macs=t, calibration=n),
+    "l1+comp": lambda t, n: L1Config(target_macs=t, calibration=n, recover="compensate"),
+    "hierarchical": lambda t, n: HierarchicalConfig(target_macs=t, calibration=n, allow_exceed=True),
+    "hierarchical+comp": lambda t, n: HierarchicalConfig(target_macs=t, calibration=n, allow_exceed=True, recover="compensate"),
+    "cp": lambda t, n: CPConfig(target_macs=t, calibration=n),
+    "cap": lambda t, n: CaPConfig(target_macs=t, calibration=n),
+}
+OWN_RECOVERY = {
+    "l1": "none", "l1+comp": "compensation (recover='compensate')", "hierarchical": "none",
+    "hierarchical+comp": "compensation (recover='compensate')", "cp": "CP's least-squares refit",
+    "cap": "CaP's compensation",
+}
+
+
+def _digest(images: torch.Tensor) -> list[str]:
+    return [hashlib.sha1(img.numpy().tobytes()).hexdigest() for img in images]
+
+
+class Bench:
+    def __init__(self, model_name: str):
+        self.data = chanprune.load_data("fashion_mnist")
+        self.model = chanprune.load(ROOT / "checkpoints" / f"{model_name}_fashion_mnist" / "model").eval()
+        sub = self.data.test.subset(TEST_SUBSET, seed=0)
+        self.test = [(self.data.normalize(sub.images[i : i + 500]), sub.labels[i : i + 500]) for i in range(0, len(sub), 500)]
+        # held-out: training images outside the largest calibration set (the sets are nested)
+        biggest = max((CALIBRATION,) + SIZES)
+        used = set(_digest(self.data.train.subset(biggest, seed=0).images))
+        pool = self.data.train.subset(biggest + 4 * HELD_OUT, seed=0)
+        keep = [i for i, h in enumerate(_digest(pool.images)) if h not in used][:HELD_OUT]
+        self.held_out = self.data.normalize(pool.images[keep])
+        assert len(self.held_out) == HELD_OUT
+
+    def accuracy(self, model) -> float:
+        return evaluate(model, self.test)["accuracy"]
+
+    def calibration(self, n: int):
+        x, y = self.data.calibration(n, seed=0)
+        return [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
+
+
+# --------------------------------------------------------------------------- reconstruction error
+
+
+def _norm_after(model: nn.Module, x: torch.Tensor) -> dict[str, str]:
+    """conv/Linear name → the BatchNorm that reads its output directly (traced by tensor identity)."""
+    produced: dict[int, str] = {}
+    out: dict[str, str] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            hooks.append(m.register_forward_hook(lambda _m, _i, o, name=name: produced.__setitem__(id(o), name)))
+        elif isinstance(m, nn.BatchNorm2d):
+            def pre(_m, inputs, name=name):
+                src = produced.get(id(inputs[0]))
+                if src is not None:
+                    out[src] = name
+            hooks.append(m.register_forward_pre_hook(pre))
+    with torch.no_grad():
+        model(x[:2])
+    for h in hooks:
+        h.remove()
+    return out
+
+
+def _kept_rows(dense_bn: nn.BatchNorm2d, pruned_bn: nn.BatchNorm2d) -> list[int] | None:
+    """Which of the dense BN's channels the pruned BN kept, matched on (γ, β) — neither pruning, compensation
+    nor BN re-estimation changes them. None if the match is not unique."""
+    dense = {}
+    for i, key in enumerate(zip(dense_bn.weight.tolist(), dense_bn.bias.tolist())):
+        dense.setdefault(key, []).append(i)
+    rows = []
+    for key in zip(pruned_bn.weight.tolist(), pruned_bn.bias.tolist()):
+        hit = dense.get(key, [])
+        if len(hit) != 1:
+            return None
+        rows.append(hit[0])
+    return rows
+
+
+def reconstruction(dense: nn.Module, pruned: nn.Module, x: torch.Tensor) -> dict:
+    """Relative ‖Y − Ŷ‖/‖Y‖ of every consumer's output (after its BN, kept channels) and of the logits."""
+    dm, pm = dict(dense.named_modules()), dict(pruned.named_modules())
+    after = _norm_after(dense, x)
+    consumers = []
+    for name, m in pm.items():
+        d = dm.get(name)
+        if isinstance(m, nn.Conv2d) and isinstance(d, nn.Conv2d) and m.in_channels < d.in_channels:
+            consumers.append(name)
+        elif isinstance(m, nn.Linear) and isinstance(d, nn.Linear) and m.in_features < d.in_features:
+            consumers.append(name)
+    where = {n: after.get(n, n) for n in consumers}  # read the output after the BN where there is one
+    rows = {}
+    for n in consumers:
+        if where[n] != n:
+            rows[n] = _kept_rows(dm[where[n]], pm[where[n]])
+        else:
+            rows[n] = list(range(pm[n].weight.shape[0])) if pm[n].weight.shape[0] == dm[n].weight.shape[0] else None
+    sums = {n: [0.0, 0.0] for n in consumers if rows[n] is not None}
+    logits = [0.0, 0.0]
+    for i in range(0, len(x), 64):
+        xb = x[i : i + 64]
+        got: dict[str, dict[str, torch.Tensor]] = {"d": {}, "p": {}}
+        hooks = []
+        for tag, mods in (("d", dm), ("p", pm)):
+            for n in sums:
+                hooks.append(mods[where[n]].register_forward_hook(
+                    lambda _m, _i, o, n=n, tag=tag: got[tag].__setitem__(n, o.detach().double())))
+        with torch.no_grad():
+            yd, yp = dense(xb).double(), pruned(xb).double()
+        for h in hooks:
+            h.remove()
+        for n, acc in sums.items():
+            ref = got["d"][n][:, rows[n]]
+            acc[0] += float((got["p"][n] - ref).pow(2).sum())
+            acc[1] += float(ref.pow(2).sum())
+        logits[0] += float((yp - yd).pow(2).sum())
+        logits[1] += float(yd.pow(2).sum())
+    per = {n: (a / b) ** 0.5 if b > 0 else None for n, (a, b) in sums.items()}
+    vals = [v for v in per.values() if v is not None]
+    return {
+        "per_consumer": per, "unmatched": [n for n in consumers if rows[n] is None],
+        "mean": sum(vals) / len(vals) if vals else None, "max": max(vals) if vals else None,
+        "logits": (logits[0] / logits[1]) ** 0.5, "images": len(x),
+    }
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def prune_row(b: Bench, method: str, target: float, n: int, with_recon: bool):
+    """Prune, measure as returned and after BN re-estimation; returns (model without fine-tune, row)."""
+    cfg = METHODS[method](target, n)
+    t0 = time.perf_counter()
+    pruned = chanprune.prune(b.model, cfg, data=b.data)
+    seconds = time.perf_counter() - t0
+    record = pruned.chanprune_history[-1]
+    row = {
+        "method": method, "target": target, "calibration_images": n, "own_recovery": OWN_RECOVERY[method],
+        "macs_ratio": record["macs"]["ratio"], "params_ratio": record["params"]["ratio"], "prune_seconds": seconds,
+        "prune_seconds_parts": record["seconds"], "verified": record["verified"],
+        "accuracy_returned": b.accuracy(pruned),
+    }
+    bn = copy.deepcopy(pruned)
+    t0 = time.perf_counter()
+    seen = recalibrate_bn(bn, b.calibration(n), num_batches=10**6)
+    row["bn_seconds"] = time.perf_counter() - t0
+    row["bn_images"] = seen
+    row["accuracy_bn"] = b.accuracy(bn)
+    # the model each method would be used as without fine-tuning: its own recovery, or BN re-estimation if none
+    chosen = bn if OWN_RECOVERY[method] == "none" else pruned
+    row["headline"] = "bn" if chosen is bn else "returned"
+    if with_recon:
+        row["reconstruction"] = reconstruction(b.model, chosen.eval(), b.held_out)
+    if method == "cp":
+        row["cp_layers"] = record.get("cp", {}).get("layers")
+    return chosen, row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", choices=["resnet56", "vgg16_bn"])
+    p.add_argument("--parts", default="main,calibration,finetune")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--quick", action="store_true", help="one target, no fine-tune, separate _quick file (smoke check)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    parts = set(args.parts.split(","))
+    methods = [m for m in args.methods.split(",") if m]
+    path = ROOT / "bench" / "results" / f"recovery_{args.model}{'_quick' if args.quick else ''}.json"
+    out = json.loads(path.read_text()) if path.exists() else {}
+    b = Bench(args.model)
+    out.update({
+        "model": args.model, "model_note": "width 0.5 (the shipped checkpoint)" if args.model == "vgg16_bn" else "full width",
+        "data": "fashion_mnist", "test_subset": TEST_SUBSET, "calibration": CALIBRATION, "calibration_sizes": [100, 500, 2000],
+        "held_out_images": HELD_OUT, "finetune": FT, "threads": 1,
+        "command": f"python bench/recovery.py {args.model}" + (" --quick" if args.quick else ""),
+        "versions": {"torch": torch.__version__, "chanprune": chanprune.__version__, "python": platform.python_version()},
+    })
+    if "dense_accuracy" not in out:
+        out["dense_accuracy"] = b.accuracy(b.model)
+    out.setdefault("rows", [])
+    save = lambda: write_text_atomic(path, json.dumps(out, indent=1))  # noqa: E731
+    save()
+
+    def have(kind, method, target, n):
+        return any(r["kind"] == kind and r["method"] == method and r["target"] == target and r["calibration_images"] == n
+                   for r in out["rows"])
+
+    def run(kind, method, target, n, finetune_too):
+        if have(kind, method, target, n) and not (finetune_too and _needs_ft(out, kind, method, target, n)):
+            return
+        print(f"[{kind}] {method} target={target} calibration={n}", flush=True)
+        try:
+            model, row = prune_row(b, method, target, n, with_recon=(kind == "main"))
+        except ChanpruneError as exc:
+            row, model = {"method": method, "target": target, "calibration_images": n, "error": str(exc)}, None
+        row["kind"] = kind
+        out["rows"] = [r for r in out["rows"] if not (r["kind"] == kind and r["method"] == method and r["target"] == target
+                                                      and r["calibration_images"] == n)] + [row]
+        save()
+        if finetune_too and model is not None:
+            tuned = copy.deepcopy(model)
+            t0 = time.perf_counter()
+            finetune(tuned, b.data, epochs=FT["epochs"], lr=FT["lr"], batch_size=FT["batch_size"], limit_train=FT["images"],
+                     progress=False, eval_each_epoch=False)
+            row["finetune_seconds"] = time.perf_counter() - t0
+            row["accuracy_finetuned"] = b.accuracy(tuned.eval())
+            save()
+
+    targets = TARGETS[:1] if args.quick else TARGETS
+    if "main" in parts:
+        for target in targets:
+            for method in methods:
+                run("main", method, target, CALIBRATION, finetune_too=("finetune" in parts and not args.quick))
+    if "calibration" in parts:
+        for n in (SIZES[:1] if args.quick else SIZES):
+            for method in methods:
+                run("calibration", method, 0.5, n, finetune_too=False)
+    print(json.dumps({"model": out["model"], "dense_accuracy": out["dense_accuracy"], "rows": len(out["rows"])}))
+    return 0
+
+
+def _needs_ft(out, kind, method, target, n) -> bool:
+    row = next(r for r in out["rows"] if r["kind"] == kind and r["method"] == method and r["target"] == target
+               and r["calibration_images"] == n)
+    return "error" not in row and "accuracy_finetuned" not in row
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
