@@ -187,7 +187,78 @@ def trp_section() -> str:
     return "\n\n".join(out)
 
 
-SECTIONS = {"zoo": zoo_section, "effective": effective_section, "results": results_section, "trp": trp_section}
+def recovery_section() -> str:
+    """Accuracy back without retraining (bench/recovery.py): tables from bench/results/recovery_<model>.json."""
+    files = sorted(f for f in RESULTS.glob("recovery_*.json") if not f.stem.endswith("_quick"))
+    if not files:
+        return "_Not run yet: `python bench/recovery.py resnet56` and `python bench/recovery.py vgg16_bn`._"
+    main_rows, calib_rows, notes = [], [], []
+    names = {"l1": "L1", "l1+comp": "L1 + compensation", "hierarchical": "hierarchical",
+             "hierarchical+comp": "hierarchical + compensation", "cp": "CP", "cp-nocorr": "CP without shortcut correction",
+             "cap": "CaP"}
+    order = list(names)
+    for f in files:
+        d = json.loads(f.read_text())
+        m = f"{d['model']} ({d['model_note']})"
+        notes.append(f"{m}: dense {d['dense_accuracy']:.2f}%")
+        rows = d.get("rows", [])
+        for target in sorted({r["target"] for r in rows if r["kind"] == "main"}, reverse=True):
+            for r in sorted((r for r in rows if r["kind"] == "main" and r["target"] == target), key=lambda r: order.index(r["method"])):
+                if "error" in r:
+                    main_rows.append(f"| {m} | {100 * target:.0f}% | {names[r['method']]} | refused: {r['error'][:90]} |" + " |" * 8)
+                    continue
+                rec = r.get("reconstruction") or {}
+                head = r["accuracy_bn"] if r["headline"] == "bn" else r["accuracy_returned"]
+                ft = r.get("accuracy_finetuned")
+                main_rows.append(
+                    f"| {m} | {100 * target:.0f}% | {names[r['method']]} | {r['own_recovery']} | {100 * r['macs_ratio']:.1f}% | "
+                    f"{r['accuracy_returned']:.2f} | {r['accuracy_bn']:.2f} | **{head:.2f}** | "
+                    f"{_pct(rec.get('mean'))} / {_pct(rec.get('max'))} | {_pct(rec.get('logits'))} | "
+                    f"{r['prune_seconds']:.1f} | {'–' if ft is None else f'{ft:.2f}'} |")
+        by_method: dict = {}
+        for r in rows:
+            if r["target"] == 0.5 and r["kind"] in ("main", "calibration"):
+                by_method.setdefault(r["method"], {})[r["calibration_images"]] = r
+        sizes = d.get("calibration_sizes", [100, 500, 2000])
+        for method in sorted(by_method, key=order.index):
+            cells = []
+            for n in sizes:
+                r = by_method[method].get(n)
+                if r is None:
+                    cells.append("–")
+                elif "error" in r:
+                    cells.append("refused")
+                else:
+                    head = r["accuracy_bn"] if r["headline"] == "bn" else r["accuracy_returned"]
+                    cells.append(f"{head:.2f} ({r['prune_seconds'] + r['bn_seconds'] * (r['headline'] == 'bn'):.0f} s)")
+            calib_rows.append(f"| {m} | {names[method]} | " + " | ".join(cells) + " |")
+        setup = d
+    out = [
+        f"Fashion-MNIST, the shipped checkpoints ({'; '.join(notes)}), pruned to 50% and 33% of the MACs **without "
+        f"fine-tuning**, every method on the same {setup['calibration']} calibration images (a stratified subset of the "
+        f"training split). *As returned*: the model `prune()` gives back, with the method's own recovery (none for L1 and "
+        f"hierarchical). *+ BN re-est.*: the same model after re-estimating the BatchNorm statistics on the same calibration "
+        f"images. **No fine-tune** is the model each method would be used as: its own recovery, or BN re-estimation where it "
+        f"has none. Accuracy % on a fixed stratified {setup['test_subset']:,}-image test subset. Reconstruction error: "
+        f"‖Y − Ŷ‖/‖Y‖ of each consumer's output (every conv/Linear whose inputs lost channels; after its BatchNorm, on the "
+        f"kept channels) against the dense model on {setup['held_out_images']} held-out training images (in no calibration "
+        f"set), mean / max over the consumers (methods prune different groups, so their consumer sets differ) and of the "
+        f"logits. Prune seconds: wall time of `prune()` (recovery included, BN re-estimation not), 1 thread. Fine-tune: "
+        f"{setup['finetune']['epochs']} epoch over a fixed {setup['finetune']['images']:,}-image training subset, lr "
+        f"{setup['finetune']['lr']}, cosine, batch {setup['finetune']['batch_size']}, the same for every row, starting from "
+        f"the no-fine-tune model.\n\n"
+        "| model | target MACs | method | own recovery | achieved MACs | acc. as returned | acc. + BN re-est. | "
+        "**acc. no fine-tune** | recon. error mean / max | logits error | prune s | acc. + fine-tune |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(main_rows),
+        "**Calibration size** (50% of the MACs): no-fine-tune accuracy % (and seconds of pruning + BN re-estimation) with "
+        "100, 500 and 2,000 calibration images; the sets are nested.\n\n"
+        "| model | method | " + " | ".join(f"{n:,} images" for n in sizes) + " |\n|---|---|" + "---|" * len(sizes) + "\n"
+        + "\n".join(calib_rows),
+    ]
+    return "\n\n".join(out)
+
+
+SECTIONS = {"zoo": zoo_section, "effective": effective_section, "results": results_section, "trp": trp_section, "recovery": recovery_section}
 
 
 def main() -> int:

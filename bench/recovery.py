@@ -18,6 +18,7 @@ it writes bench/results/recovery_<model>.json, one row at a time (a rerun skips 
                (every conv/Linear whose inputs lost channels; Y its output after its BatchNorm, on the kept
                channels, so a bias folded into BN running means counts) on 256 held-out training images that
                are in no calibration set, the logits' error on them, wall time of prune() and of the BN pass.
+                 cp-nocorr          (ResNet-56 only, no fine-tune) CP without the multi-branch shortcut correction
   calibration  at 50 % of the MACs, the same six rows with 100 and 2,000 calibration images (500 is in main);
                the sets are nested (a stratified subset of the training split, seed 0).
   finetune     every main row's model without fine-tune (the method's own recovery; for l1 and hierarchical,
@@ -64,11 +65,14 @@ METHODS = {
     "hierarchical+comp": lambda t, n: HierarchicalConfig(target_macs=t, calibration=n, allow_exceed=True, recover="compensate"),
     "cp": lambda t, n: CPConfig(target_macs=t, calibration=n),
     "cap": lambda t, n: CaPConfig(target_macs=t, calibration=n),
+    # ResNet only, main part only, no fine-tune: CP without the multi-branch shortcut correction
+    "cp-nocorr": lambda t, n: CPConfig(target_macs=t, calibration=n, residual_correction=False),
 }
+EXTRA = {"cp-nocorr"}  # not fine-tuned, not in the calibration sweep
 OWN_RECOVERY = {
     "l1": "none", "l1+comp": "compensation (recover='compensate')", "hierarchical": "none",
     "hierarchical+comp": "compensation (recover='compensate')", "cp": "CP's least-squares refit",
-    "cap": "CaP's compensation",
+    "cap": "CaP's compensation", "cp-nocorr": "CP's least-squares refit, no shortcut correction",
 }
 
 
@@ -220,12 +224,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", choices=["resnet56", "vgg16_bn"])
     p.add_argument("--parts", default="main,calibration,finetune")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=None, help="comma-separated subset of " + ", ".join(METHODS))
     p.add_argument("--quick", action="store_true", help="one target, no fine-tune, separate _quick file (smoke check)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     parts = set(args.parts.split(","))
-    methods = [m for m in args.methods.split(",") if m]
+    methods = [m for m in args.methods.split(",") if m] if args.methods else [
+        m for m in METHODS if not (m == "cp-nocorr" and args.model != "resnet56")]  # VGG has no residual branches
     path = ROOT / "bench" / "results" / f"recovery_{args.model}{'_quick' if args.quick else ''}.json"
     out = json.loads(path.read_text()) if path.exists() else {}
     b = Bench(args.model)
@@ -271,11 +276,13 @@ def main(argv=None) -> int:
     if "main" in parts:
         for target in targets:
             for method in methods:
-                run("main", method, target, CALIBRATION, finetune_too=("finetune" in parts and not args.quick))
+                run("main", method, target, CALIBRATION,
+                    finetune_too=("finetune" in parts and not args.quick and method not in EXTRA))
     if "calibration" in parts:
         for n in (SIZES[:1] if args.quick else SIZES):
             for method in methods:
-                run("calibration", method, 0.5, n, finetune_too=False)
+                if method not in EXTRA:
+                    run("calibration", method, 0.5, n, finetune_too=False)
     print(json.dumps({"model": out["model"], "dense_accuracy": out["dense_accuracy"], "rows": len(out["rows"])}))
     return 0
 
