@@ -107,11 +107,13 @@ OURS_VARIANTS = [
     ("ours.l1+compensate", "l1", {"recover": "compensate"}),
 ]
 # Run only where the plain method refused the target: hierarchical past the analysis' maximum.
-OURS_FALLBACKS = [("ours.hierarchical+exceed", "hierarchical", {"allow_exceed": True}, "ours.hierarchical")]
+OURS_FALLBACKS = [("ours.hierarchical+exceed", "hierarchical", {"allow_exceed": True}, "ours.hierarchical"),
+                  ("ours.hierarchical+compensate+exceed", "hierarchical", {"recover": "compensate", "allow_exceed": True},
+                   "ours.hierarchical+compensate")]
 # Order of the method loop (most informative first); methods not listed follow in registry order.
 PRIORITY = ["ours.hierarchical", "tp.l1", "tp.l2_global", "tp.taylor", "ours.hierarchical+compensate", "ours.cap",
             "ours.cp", "tp.l2_isomorphic", "tp.fpgm", "tp.bn_scale", "tp.hessian", "tp.l1_global", "tp.l2",
-            "ours.hrank", "ours.l1+compensate", "ours.hierarchical+exceed"]
+            "ours.hrank", "ours.l1+compensate", "ours.hierarchical+exceed", "ours.hierarchical+compensate+exceed"]
 
 
 # ------------------------------------------------------------------------------------------ methods
@@ -447,7 +449,8 @@ def row_key(target: float, method: str, round_to: int | None) -> str:
 
 # ------------------------------------------------------------------------------------------ one row
 
-def run_row(ctx: Context, method: Method, target: float, round_to: int | None, finetune: bool) -> dict:
+def run_row(ctx: Context, method: Method, target: float, round_to: int | None, finetune: bool,
+            mkldnn_finetune: bool = True) -> dict:
     row: dict[str, Any] = {
         "model": ctx.model_name, "data": ctx.data_name, "target_macs": target, "method": method.id,
         "family": method.family, "call": method.describe, "round_to": round_to,
@@ -471,10 +474,16 @@ def run_row(ctx: Context, method: Method, target: float, round_to: int | None, f
     row["latency"] = ctx.latency(model)
     if finetune:
         accs, secs = [], []
-        for seed in ctx.recipe["seeds"]:
-            a, s = ctx.finetuned_accuracy(model, seed)
-            accs.append(a)
-            secs.append(s)
+        before = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = mkldnn_finetune
+        try:
+            for seed in ctx.recipe["seeds"]:
+                a, s = ctx.finetuned_accuracy(model, seed)
+                accs.append(a)
+                secs.append(s)
+        finally:
+            torch.backends.mkldnn.enabled = before
+        row["finetune_mkldnn"] = mkldnn_finetune
         row["accuracy_ft"] = {"seeds": list(ctx.recipe["seeds"]), "values": accs, "mean": float(np.mean(accs)),
                               "std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0}
         row["finetune_seconds"] = secs
@@ -531,8 +540,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--only-round-to", action="store_true", help="run only the round_to study")
     p.add_argument("--list", action="store_true", help="list the methods and exit")
     p.add_argument("--dry-run", action="store_true", help="print the planned rows (and which are done) and exit")
-    p.add_argument("--max-attempts", type=int, default=2,
-                   help="a row whose process died this many times is recorded as failed (default 2)")
+    p.add_argument("--max-attempts", type=int, default=3,
+                   help="a row whose process died this many times is recorded as failed (default 3; every attempt "
+                        "after the first fine-tunes with oneDNN disabled)")
     p.add_argument("--supervise", action="store_true",
                    help="run the benchmark in a child process and restart it after an abort (e.g. a native crash)")
     return p.parse_args(argv)
@@ -643,8 +653,14 @@ def main(argv=None) -> int:
             jobs = []
         for target, method, round_to, ft in jobs:
             key = row_key(target, method.id, round_to)
-            if key in res.keys():
-                continue
+            prev = res.row(key)
+            if prev is not None:
+                if not (prev["status"] == "failed" and prev.get("reason", "").startswith("the process died")
+                        and not prev.get("mkldnn_off_tried")):
+                    continue
+                # rows that aborted before oneDNN-off retries existed: try once more, now with oneDNN off
+                res.doc["rows"] = [r for r in res.doc["rows"] if r["key"] != key]
+                res.doc["attempts"][key] = 1
             if method.fallback_for is not None:
                 parent = res.row(row_key(target, method.fallback_for, round_to))
                 if parent is None or parent["status"] == "ok":
@@ -654,10 +670,14 @@ def main(argv=None) -> int:
                 res.add({"key": key, "model": model_name, "data": data_name, "target_macs": target, "method": method.id,
                          "family": method.family, "call": method.describe, "round_to": round_to, "status": "failed",
                          "reason": f"the process died {n - 1} times on this row (native abort, e.g. the oneDNN heap "
-                                   "corruption seen in conv backward); skipped"})
+                                   "corruption seen in conv backward), also with oneDNN disabled; skipped",
+                         "mkldnn_off_tried": n > 2})
                 continue
+            # After a native abort on this row, fine-tune it with oneDNN disabled (the heap corruption seen in
+            # oneDNN's conv backward does not occur without it); recorded in the row.
+            mkldnn_ft = n < 2
             print(f"[scoreboard] {folder} target {target:.0%} {method.id} round_to={round_to} ...", flush=True)
-            row = run_row(ctx, method, target, round_to, finetune=ft)
+            row = run_row(ctx, method, target, round_to, finetune=ft, mkldnn_finetune=mkldnn_ft)
             row["key"] = key
             row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             res.add(row)
@@ -799,6 +819,8 @@ def model_tables(doc: dict) -> str:
                 lines.append(f"| {name} | – | – | failed: {r['reason'][:160]} | – | – | – | – |")
                 continue
             mark = "" if r.get("within_tolerance", True) else " †"
+            if r.get("finetune_mkldnn") is False:
+                name += " ‡"
             nf = f"{r['accuracy_before_bn']:.2f} → {r['accuracy_no_ft']:.2f}"
             if r["accuracy_no_ft"] == nf_best:
                 nf = f"{r['accuracy_before_bn']:.2f} → **{r['accuracy_no_ft']:.2f}**"
@@ -978,6 +1000,9 @@ def render_markdown(docs: list[dict], plots: list[Path] | None = None, root: Pat
         f"*prune s* is the pruning step itself (Torch-Pruning: gradients + pruner + step at the found ratio; "
         f"in brackets with the bisection), chanprune: the whole `prune()` call, verification included. "
         f"Best fine-tuned accuracy in bold; *(tie)*: within the larger of the two standard deviations. "
+        f"‡: the process aborted with a heap corruption while running this row (the one seen in oneDNN's convolution "
+        f"backward, torch 2.13 CPU), so the row was re-run with its fine-tune under "
+        f"`torch.backends.mkldnn.enabled = False`. "
         f"Versions: torch {ver['torch']}, torch-pruning {ver['torch_pruning']}, chanprune {ver['chanprune']}, "
         f"CPU {ver['cpu']}. Everything ran on this project's shared 2-core CPU machine (no GPU), so "
         f"latencies are noisy."]
