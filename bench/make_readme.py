@@ -163,6 +163,10 @@ def trp_section() -> str:
                 reading.append(f"{m}, {sch}: at {100 * trp['macs'] / dense['macs']:.0f}% of the MACs, TRP without fine-tune "
                                f"is {trp['accuracy'] - svd['accuracy']:+.2f} points against plain SVD without fine-tune and "
                                f"{trp['accuracy'] - ft['accuracy']:+.2f} against plain SVD fine-tuned with TRP's schedule.")
+        dec = {k: v["32"] for k, v in (lat.get("speedup") or {}).items() if k.startswith(("trp_", "svd_")) and "prune" not in k}
+        if dec:
+            reading.append(f"{m}: on the CPU the decomposed models run at {min(dec.values()):.2f}–{max(dec.values()):.2f}× "
+                           "the dense speed at batch 32 — fewer MACs, but twice the layers, which does not pay at these sizes.")
         po, tp_ = r.get("prune_only"), next((v for k, v in r.items() if k.endswith("_prune") and "accuracy" in v), None)
         if po and tp_ and "accuracy" in po:
             reading.append(f"{m}: at 33% of the MACs, TRP + L1 pruning is {tp_['accuracy'] - po['accuracy']:+.2f} points "
