@@ -157,3 +157,17 @@ def test_subset_properties(counts, n, seed):
     if n > 1:  # nested
         smaller = set(data.subset(n - 1, seed).images.flatten().tolist())
         assert smaller <= set(sub.images.flatten().tolist())
+
+
+@pytest.mark.parametrize("augment", [False, True])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_batches_have_standard_strides(augment, channels):
+    """Odd strides on size-1 dims (what a permute leaves on 1-channel images) made oneDNN's conv backward
+    corrupt the heap; every batch, calibration set and example input must have the strides of a fresh tensor."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 9, 9, channels), dtype=torch.uint8, generator=g).permute(0, 3, 1, 2)
+    data = ImageSet(images, torch.randint(0, 3, (40,), generator=g))
+    loader = Loader(data, [0.5] * channels, [0.25] * channels, batch_size=16, augment=augment,
+                    crop_padding=2 if augment else 0)
+    for x, _ in loader:
+        assert x.stride() == torch.empty(x.shape).stride()

@@ -199,7 +199,10 @@ class ImageSet:
 # --------------------------------------------------------------------------------------------
 
 def _normalize(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    return images.to(torch.float32).mul_(scale).sub_(shift)
+    # A fresh tensor with the standard strides. ``.contiguous()`` is not enough: it keeps the odd strides a permute
+    # leaves on size-1 dims (one channel: (HW, 1, W, 1)), and with those oneDNN's convolution backward corrupts the
+    # heap (glibc aborts: "corrupted size vs. prev_size"); see tests/data/test_data_loader.py.
+    return images.to(torch.float32, memory_format=torch.contiguous_format, copy=True).mul_(scale).sub_(shift)
 
 
 def _random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
