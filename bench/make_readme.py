@@ -55,56 +55,64 @@ def effective_section() -> str:
     if not files:
         return "_Not run yet: `python bench/effective_filters.py <model>`._"
     parts = []
-    knee_rows, cost_rows, reading_rows, method_rows = [], [], [], []
+    knee_rows, cost_rows, reading_rows, prune_rows = [], [], [], []
+    defaults = set()
     for f in files:
         r = json.loads(f.read_text())
         m = r["model"]
         k = r.get("knee") or {}
+        knee = k.get("measured_knee_kept_macs")
+        if "analysis_config" in r:
+            defaults.add(f"{r['analysis_config']['reading']} reading, η = {r['analysis_config']['threshold']}")
         if k:
             knee_rows.append(f"| {m} | {r['dense_accuracy']:.2f} | {_pct(100 * k['estimated_max_kept_macs'])} | "
-                             f"{_pct(None if k['measured_knee_kept_macs'] is None else 100 * k['measured_knee_kept_macs'])} | "
+                             f"{_pct(None if knee is None else 100 * knee)} | "
                              f"{_pct(k['accuracy_lost_at_max'])} | {_pct(k['accuracy_lost_15_beyond'])} |")
         c = r.get("cost")
-        if c:
-            med = c["median_seconds"]
+        if c and "peak_rss_mb_each_analysis" in c:
+            med, peaks = c["median_seconds"], c["peak_rss_mb_each_analysis"]
             cost_rows.append(f"| {m} | {c['samples']} | {med['plain']:.2f} | {med['analysis']:.2f} ({c['analysis_over_plain']:.2f}×) | "
-                             f"{med['hrank']:.2f} ({c['hrank_over_plain']:.2f}×) | {min(c['rss_mb_after_each_round']):.0f}–{max(c['rss_mb_after_each_round']):.0f} |")
+                             f"{med['analysis_default']:.2f} ({c['analysis_default_over_plain']:.2f}×) | "
+                             f"{med['hrank']:.2f} ({c['hrank_over_plain']:.2f}×) | {' / '.join(f'{x:.0f}' for x in peaks)} |")
         for row in r.get("readings", []):
             mk = row["max_kept_macs_by_threshold"]
             reading_rows.append(f"| {m} | {row['reading']} | {row['samples']} | " + " | ".join(f"{100 * mk[t]:.1f}" for t in ("0.9", "0.95", "0.99", "0.999"))
-                                + f" | {_pct(None if k.get('measured_knee_kept_macs') is None else 100 * k['measured_knee_kept_macs'])} | {row['seconds']:.1f} |")
-        by_target: dict = {}
-        for row in r.get("methods", []):
-            by_target.setdefault(row["target"], []).append(row)
-        for target, rows in by_target.items():
-            best_nf = max((x.get("accuracy_no_finetune") or -1) for x in rows)
-            best_ft = max((x.get("accuracy_finetuned") or -1) for x in rows)
-            for x in rows:
+                                + f" | {_pct(None if knee is None else 100 * knee)} | {row['seconds']:.1f} |")
+        rows = r.get("prune_readings", [])
+        for target in sorted({x["target"] for x in rows}, reverse=True):
+            here = [x for x in rows if x["target"] == target and "error" not in x]
+            best = max((x["accuracy_no_finetune"] for x in here), default=None)
+            for x in (x for x in rows if x["target"] == target):
                 if "error" in x:
-                    method_rows.append(f"| {m} | {100 * target:.0f}% | {x['method']} | – | refused: {x['error'][:80]} | | |")
+                    prune_rows.append(f"| {m} | {100 * target:.0f}% | {x['reading']} | {x['threshold']} | – | refused: {x['error'][:80]} | |")
                     continue
-                nf = f"{x['accuracy_no_finetune']:.2f}" + (" **best**" if x["accuracy_no_finetune"] == best_nf else "")
-                ft = "–" if x.get("accuracy_finetuned") is None else f"{x['accuracy_finetuned']:.2f}" + (" **best**" if x["accuracy_finetuned"] == best_ft else "")
-                method_rows.append(f"| {m} | {100 * target:.0f}% | {x['method']} | {100 * x['macs_ratio']:.1f}% | {x['accuracy_raw']:.2f} | {nf} | {ft} |")
+                acc = f"{x['accuracy_no_finetune']:.2f}" + (" **best**" if x["accuracy_no_finetune"] == best else "")
+                prune_rows.append(f"| {m} | {100 * target:.0f}% | {x['reading']} | {x['threshold']} | {100 * x['macs_ratio']:.1f}% | "
+                                  f"{acc} | {x['prune_seconds']:.0f} |")
     if knee_rows:
-        parts.append("**Does the estimated maximum sit at the knee?** Hierarchical pruning swept over kept MACs, BN re-estimated, no "
-                     "fine-tune; the *knee* is the smallest kept-MAC fraction whose accuracy stays within 1 point of dense.\n\n"
+        parts.append("**Does the estimated maximum sit at the knee?** The estimate is `analyze()` with its default ("
+                     + (", ".join(sorted(defaults)) or "see the JSON") + ", 512 images). Hierarchical pruning swept over kept MACs, BN "
+                     "re-estimated, no fine-tune; the *knee* is the smallest kept-MAC fraction whose accuracy stays within 1 point of dense.\n\n"
                      "| model | dense acc. | estimated max: kept MACs % | measured knee: kept MACs % | acc. lost at the max | acc. lost 15 pts beyond |\n"
                      "|---|---|---|---|---|---|\n" + "\n".join(knee_rows))
     if reading_rows:
-        parts.append("**Which gradient reading predicts the knee?** Kept-MAC % at the network maximum, by energy threshold η:\n\n"
+        parts.append("**Which gradient reading predicts the knee?** Kept-MAC % at the network maximum, by energy threshold η "
+                     "(the reading and η closest to the knee across the models became `AnalysisConfig`'s default):\n\n"
                      "| model | reading | samples | η=0.9 | η=0.95 | η=0.99 | η=0.999 | measured knee | seconds |\n"
                      "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(reading_rows))
-    if method_rows:
-        parts.append("**Hierarchical vs. baselines at equal MACs** (same checkpoint, 512 calibration images, BN re-estimation for all; "
-                     "fine-tune: 1 epoch over 5,000 training images, lr 0.01, same for all). Accuracy % on a fixed 2,000-image test subset.\n\n"
-                     "| model | target MACs | method | achieved MACs | acc. raw | acc. + BN re-est. | acc. + fine-tune |\n"
-                     "|---|---|---|---|---|---|---|\n" + "\n".join(method_rows))
+    if prune_rows:
+        parts.append("**Which reading prunes best?** Hierarchical pruning (proportional allocation, `allow_exceed`) with each reading's "
+                     "analysis, BN re-estimated, no fine-tune; accuracy % on the 2,000-image test subset (the reading that wins most "
+                     "often is `HierarchicalConfig`'s default):\n\n"
+                     "| model | target MACs | reading | η | achieved MACs | accuracy | prune s |\n"
+                     "|---|---|---|---|---|---|---|\n" + "\n".join(prune_rows))
     if cost_rows:
-        parts.append("**Analysis cost** (1 CPU thread, median of interleaved runs): one analysis vs one plain forward+backward pass over the "
-                     "same samples, and one HRank feature-rank pass; resident memory after each of the repeated rounds.\n\n"
-                     "| model | samples | plain fwd+bwd s | analysis s | HRank pass s | RSS MB across rounds |\n"
-                     "|---|---|---|---|---|---|\n" + "\n".join(cost_rows))
+        parts.append("**Analysis cost** (1 CPU thread, median of 3 interleaved runs): the gradient analysis (gate reading) and the "
+                     "default analysis vs one plain forward+backward pass over the same samples, and one HRank feature-rank pass; "
+                     "peak resident memory (VmHWM, reset before each) of 5 repeated gate analyses — flat means nothing is kept alive "
+                     "between analyses.\n\n"
+                     "| model | samples | plain fwd+bwd s | gate analysis s | default analysis s | HRank pass s | peak RSS MB, analyses 1–5 |\n"
+                     "|---|---|---|---|---|---|---|\n" + "\n".join(cost_rows))
     return "\n\n".join(parts)
 
 
