@@ -43,7 +43,7 @@ def test_decompose_command(stem, tmp_path):
     assert all(m.scheme == "spatial" for m in model.modules() if isinstance(m, LowRank))
 
 
-def test_trp_command(stem, tmp_path, no_mkldnn):
+def test_trp_command(stem, tmp_path):
     out = tmp_path / "trp"
     args = ["trp", stem, *D, "--epochs", "1", "--lr", "0.05", "--limit", "256", "--batch-size", "64", "--energy", "0.8", "--period", "2",
             "--out", out]

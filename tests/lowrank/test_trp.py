@@ -90,7 +90,7 @@ def test_nuclear_only_leaves_weights_unprojected():
     assert all(torch.equal(w0[n], p) for n, p in model.named_parameters())
 
 
-def test_tiny_trp_run_on_digits_lowers_the_rank(no_mkldnn):
+def test_tiny_trp_run_on_digits_lowers_the_rank():
     data = chanprune.load_data("digits")
     tcfg = TrainConfig(epochs=2, lr=0.05, batch_size=64, device="cpu")
     cfg = TRPConfig(energy=0.8, period=2, nuclear_weight=1e-3)
@@ -122,7 +122,7 @@ class _Stop(Exception):
     pass
 
 
-def test_killed_trp_run_resumes_bit_identically(tmp_path, no_mkldnn):
+def test_killed_trp_run_resumes_bit_identically(tmp_path):
     data = chanprune.load_data("digits")
     tcfg = TrainConfig(epochs=2, lr=0.05, batch_size=64, limit_train=384, checkpoint_every=1, device="cpu")
     cfg = TRPConfig(energy=0.8, period=4, nuclear_weight=1e-3)
