@@ -118,6 +118,9 @@ def prune(model: nn.Module, config: PruneConfig, data=None, *, example_inputs: t
     if config.method not in METHODS:
         raise ConfigError(f"no method is registered for {type(config).__name__}; known methods: {', '.join(sorted(METHODS))}.")
     planner = METHODS[config.method][1]
+    if config.recover in ("bn", "compensate+bn") and not hasattr(data, "loader"):
+        raise ConfigError(f"recover={config.recover!r} re-estimates BatchNorm statistics from training images; "
+                          "pass data=a DataBundle (chanprune.load_data), or use recover='compensate'.")
     if getattr(config, "iterate", 1) > 1:
         from .methods.hierarchical import prune_iteratively
 
@@ -140,13 +143,11 @@ def prune(model: nn.Module, config: PruneConfig, data=None, *, example_inputs: t
     # weights on purpose, after it.
     for step in session.post_surgery:
         step(pruned)
-    if config.recover == "compensate":
+    if config.recover in ("compensate", "compensate+bn"):
         from .recovery import apply_compensation
 
         session.notes["compensation"] = apply_compensation(model, pruned, session.graph, report.removed, session.batches)
-    elif config.recover == "bn":
-        if data is None or not hasattr(data, "loader"):
-            raise ConfigError("recover='bn' re-estimates BatchNorm statistics from training images; pass data=a DataBundle.")
+    if config.recover in ("bn", "compensate+bn"):
         from .engine import recalibrate_bn
 
         recalibrate_bn(pruned, data, num_batches=config.recover_batches, batch_size=config.batch_size)

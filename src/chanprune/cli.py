@@ -229,6 +229,9 @@ def method_config(method: str, **kwargs):
     return cls(**{k: v for k, v in kwargs.items() if v is not None})
 
 
+_RECOVERED = {"bn": ", BN re-estimated", "compensate": ", consumers refit", "compensate+bn": ", consumers refit, BN re-estimated"}
+
+
 def run_prune(net, bundle, cfg, *, finetune_epochs: float, finetune_limit: Optional[int], out: Path, label: str, repeats: int = 20,
               test_limit: Optional[int] = None):
     """Prune, optionally fine-tune, measure before/after interleaved; write the pruned model and the record.
@@ -263,7 +266,7 @@ def run_prune(net, bundle, cfg, *, finetune_epochs: float, finetune_limit: Optio
             "wall_seconds": time.time() - t0}
     write_record(out / "record.json", full)
     rows = [
-        ("accuracy", f"{dense_acc:.2f}%", f"{acc_no_ft:.2f}% (no fine-tune{', BN re-estimated' if cfg.recover == 'bn' else ''})"
+        ("accuracy", f"{dense_acc:.2f}%", f"{acc_no_ft:.2f}% (no fine-tune{_RECOVERED.get(cfg.recover, '')})"
          + (f" → {result['accuracy']:.2f}% fine-tuned" if ft else "")),
         ("MACs", _fmt_m(result["baseline"]["macs"]), f"{_fmt_m(result['macs'])} ({result['macs'] / result['baseline']['macs']:.1%})"),
         ("params", _fmt_m(result["baseline"]["params"]), f"{_fmt_m(result['params'])} ({result['params'] / result['baseline']['params']:.1%})"),
@@ -284,7 +287,7 @@ def prune(model: str = typer.Argument(..., help="saved model stem"), data: str =
           target_macs: Optional[float] = typer.Option(None, help="fraction of MACs to keep, e.g. 0.5"),
           target_params: Optional[float] = typer.Option(None), ratio: Optional[float] = typer.Option(None, help="fraction of channels to remove per group"),
           allocation: Optional[str] = typer.Option(None), round_to: Optional[int] = typer.Option(None),
-          calibration: Optional[int] = typer.Option(None, help="calibration images"), recover: Optional[str] = typer.Option(None, help="none | bn | compensate"),
+          calibration: Optional[int] = typer.Option(None, help="calibration images"), recover: Optional[str] = typer.Option(None, help="none | bn | compensate | compensate+bn"),
           allow_exceed: bool = typer.Option(False, help="hierarchical: prune beyond the analysis maximum"),
           finetune_epochs: float = typer.Option(0.0), finetune_limit: Optional[int] = typer.Option(None),
           test_limit: Optional[int] = typer.Option(None, help="evaluate on a fixed stratified test subset of this size"),
@@ -451,7 +454,8 @@ def demo(checkpoint: str = typer.Option(str(DEFAULT_CHECKPOINT), help="saved mod
          finetune_limit: int = typer.Option(2000, help="images for the one short fine-tune epoch"),
          test_limit: int = typer.Option(1000, help="size of the fixed stratified test subset used for accuracy"),
          out: str = typer.Option("runs/demo")):
-    """The main job: prune the shipped ResNet-56 (Fashion-MNIST) to 50% of its MACs, re-estimate BatchNorm, fine-tune briefly, report."""
+    """The main job: prune the shipped ResNet-56 (Fashion-MNIST) to 50% of its MACs, refit the consumers and re-estimate
+    BatchNorm from calibration images, fine-tune briefly, report."""
     import chanprune
     from .analysis import AnalysisConfig
 
@@ -461,7 +465,8 @@ def demo(checkpoint: str = typer.Option(str(DEFAULT_CHECKPOINT), help="saved mod
     console.print(f"analysis ({safe.config.reading} reading, energy {safe.config.threshold}, N={safe.samples}): "
                   f"about {safe.max_compression_macs:.1%} of the MACs can go before accuracy drops without fine-tuning")
     extra = {"allow_exceed": True} if method == "hierarchical" else {}
-    cfg = method_config(method, target_macs=target_macs, calibration=512 if method == "hierarchical" else None, recover="bn", **extra)
+    cfg = method_config(method, target_macs=target_macs, calibration=512 if method == "hierarchical" else None,
+                        recover="compensate+bn", **extra)
     pruned, full = run_prune(net, bundle, cfg, finetune_epochs=1, finetune_limit=finetune_limit, out=Path(out), label=f"{method} → {target_macs:.0%} MACs", test_limit=test_limit)
     analysis = full["record"].get("analysis")
     if analysis:

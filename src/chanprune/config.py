@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from .errors import ConfigError
 
-_RECOVERIES = ("none", "bn", "compensate")
+_RECOVERIES = ("none", "bn", "compensate", "compensate+bn")  # compensate+bn: the refit, then BN re-estimation
 
 
 def _fraction(name: str, value, *, closed_low: bool, closed_high: bool) -> None:

@@ -272,3 +272,25 @@ def test_compensate_needs_data():
     x, _ = calib(2)
     with pytest.raises(chanprune.ChanpruneError, match="calibration"):
         chanprune.prune(model, L1Config(ratio=0.5, recover="compensate"), data=None, example_inputs=x[:1])
+
+
+def test_compensate_then_bn_refits_and_re_estimates_batchnorm():
+    """recover="compensate+bn": the consumers get the refit of recover="compensate", then BatchNorm statistics
+    are re-estimated on training images (so they differ from the compensate-only model's)."""
+    data = chanprune.load_data("digits")
+    model = tiny("resnet20")
+    comp = chanprune.prune(model, L1Config(target_macs=0.5, calibration=64, recover="compensate"), data=data)
+    both = chanprune.prune(model, L1Config(target_macs=0.5, calibration=64, recover="compensate+bn"), data=data)
+    record = both.chanprune_history[-1]
+    assert record["compensation"]["consumers"] == comp.chanprune_history[-1]["compensation"]["consumers"]
+    bn = [n for n, m in both.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    means = lambda net: torch.cat([dict(net.named_modules())[n].running_mean for n in bn])  # noqa: E731
+    assert not torch.allclose(means(both), means(comp))
+
+
+def test_bn_recovery_without_a_data_bundle_is_refused_before_any_work():
+    model = tiny("lenet5")
+    x, y = calib(8)
+    for recover in ("bn", "compensate+bn"):
+        with pytest.raises(chanprune.ChanpruneError, match="DataBundle"):
+            chanprune.prune(model, L1Config(ratio=0.5, recover=recover), data=(x, y), example_inputs=x[:1])
