@@ -1005,7 +1005,23 @@ def render_markdown(docs: list[dict], plots: list[Path] | None = None, root: Pat
         f"`torch.backends.mkldnn.enabled = False`. "
         f"Versions: torch {ver['torch']}, torch-pruning {ver['torch_pruning']}, chanprune {ver['chanprune']}, "
         f"CPU {ver['cpu']}. Everything ran on this project's shared 2-core CPU machine (no GPU), so "
-        f"latencies are noisy."]
+        f"latencies are noisy.",
+        f"Compute plan (about 120 CPU-core-minutes were available, one core per process): first every method at "
+        f"every target on `{FULL_MODEL}` and, on the other models in the order "
+        f"{', '.join(f'`{m[2]}`' for m in MODELS if m[2] != FULL_MODEL)}, the core methods at "
+        f"{100 * ROUND_TO['target']:.0f}% of the MACs plus the round_to study; then the core methods at the other "
+        f"targets; then the remaining methods ({', '.join(f'`{m}`' for m in EXTENDED)}). Rows that had not run when "
+        f"this section was generated are listed at its end."]
+    quick = RESULTS / "scoreboard_quick.json"
+    if quick.exists():
+        q = json.loads(quick.read_text())
+        full = [i for i in q.get("invocations", []) if i.get("rows_computed") == len(q["rows"])]
+        if full:
+            parts.append(f"Smoke check: `python bench/scoreboard.py --quick` ({len(q['rows'])} rows: one model, one "
+                         f"target, {len({r['method'] for r in q['rows']})} methods, {q['recipe']['test_images']} test "
+                         f"images, {len(q['recipe']['seeds'])} fine-tune seed on {q['recipe']['finetune']['train_images']} "
+                         f"images) took {full[-1]['wall_seconds']:.0f} s on one thread "
+                         f"(`bench/results/scoreboard_quick.json`).")
     # verdicts
     vlines = ["| model | MACs kept | best chanprune (FT) | best Torch-Pruning (FT) | FT verdict | "
               "best chanprune (no FT) | best Torch-Pruning (no FT) | no-FT verdict |", "|---|---|---|---|---|---|---|---|"]
