@@ -37,7 +37,13 @@ the addition in the original network and Y_s′ in the network pruned so far, bo
 positions, a the BatchNorms' per-channel scale γ/√(v+ε) (channels with |a| ≈ 0 get no correction). The
 least squares decouples over output channels, so this minimises the error of the block's sum itself.
 The corrected target is used by the LASSO selection and by the refit. With ``source_X="original"``
-nothing upstream has changed in the samples, so there is no correction.
+nothing upstream has changed in the samples, so there is no correction. Branch ends are read from the
+traced graph; the shortcut operand is caught at the addition itself (a ``TorchFunctionMode`` that watches
+additions reading the branch's output), so any residual block written with ``+``/``add`` works.
+
+Cost: each group's sampling pass starts at a cached *cut* before the group (:class:`_Replay`, checked
+against a full forward) instead of at the network input, and collects the consumer rows and the shortcut
+operands in one go, so the passes add up to about two forwards over the calibration set.
 
 Not implemented: the paper's channel sampler in front of a branch's first layer (block inputs are never
 pruned here), the alternating schedule, and the "3C" factorisations.
