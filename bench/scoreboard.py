@@ -752,12 +752,25 @@ def compare(a: tuple[float, float], b: tuple[float, float]) -> str:
     return "tie" if abs(d) <= spread else ("win" if d > 0 else "loss")
 
 
-def verdicts(doc: dict) -> list[dict]:
-    """Per target: the best chanprune row against the best Torch-Pruning row, fine-tuned and not."""
+COMPENSATING = ("cp", "cap")  # methods whose planner refits consumer weights on the calibration data
+
+
+def compensates(row: dict) -> bool:
+    """True for chanprune rows that change the kept weights on calibration data (recover='compensate', CP, CaP)."""
+    call = row.get("call", {})
+    return call.get("recover") == "compensate" or call.get("method") in COMPENSATING
+
+
+def verdicts(doc: dict, plain: bool = False) -> list[dict]:
+    """Per target: the best chanprune row against the best Torch-Pruning row, fine-tuned and not.
+
+    ``plain``: only chanprune rows that do not refit weights (see :func:`compensates`) take part.
+    """
     out = []
     for t in _targets(doc):
         ok = [r for r in _main_rows(doc, t) if r["status"] == "ok"]
-        fams = {f: [r for r in ok if r["family"] == f] for f in ("chanprune", "torch-pruning")}
+        fams = {f: [r for r in ok if r["family"] == f and not (plain and compensates(r))]
+                for f in ("chanprune", "torch-pruning")}
         v: dict[str, Any] = {"target": t}
         ours_ft = [r for r in fams["chanprune"] if _ft(r)]
         tp_ft = [r for r in fams["torch-pruning"] if _ft(r)]
@@ -947,16 +960,19 @@ def make_plots(docs: list[dict], outdir: Path) -> list[Path]:
 
 def closing_note(docs: list[dict]) -> str:
     """Plain statement of where chanprune wins, ties and loses, plus facts the JSON shows about the peers."""
-    buckets: dict[str, dict[str, list[str]]] = {"ft": {}, "no_ft": {}}
+    buckets: dict[str, dict[str, list[str]]] = {"ft": {}, "no_ft": {}, "ft_plain": {}, "no_ft_plain": {}}
     for doc in docs:
-        for v in verdicts(doc):
-            for kind in ("ft", "no_ft"):
-                if kind in v:
-                    x = v[kind]
-                    buckets[kind].setdefault(x["verdict"], []).append(
-                        f"{_label(doc)} at {100 * v['target']:.0f}% ({x['ours']} vs {x['tp']})")
+        for plain in (False, True):
+            for v in verdicts(doc, plain):
+                for kind in ("ft", "no_ft"):
+                    if kind in v:
+                        x = v[kind]
+                        buckets[kind + ("_plain" if plain else "")].setdefault(x["verdict"], []).append(
+                            f"{_label(doc)} at {100 * v['target']:.0f}% ({x['ours']} vs {x['tp']})")
     lines = []
-    for kind, title in (("ft", "After the short fine-tune"), ("no_ft", "Without fine-tuning (BN re-estimated)")):
+    for kind, title in (("ft", "After the short fine-tune"), ("no_ft", "Without fine-tuning (BN re-estimated)"),
+                        ("ft_plain", "Without weight compensation, after the fine-tune"),
+                        ("no_ft_plain", "Without weight compensation and without fine-tuning")):
         b = buckets[kind]
         if not b:
             continue
@@ -1022,32 +1038,37 @@ def render_markdown(docs: list[dict], plots: list[Path] | None = None, root: Pat
                          f"images, {len(q['recipe']['seeds'])} fine-tune seed on {q['recipe']['finetune']['train_images']} "
                          f"images) took {full[-1]['wall_seconds']:.0f} s on one thread "
                          f"(`bench/results/scoreboard_quick.json`).")
-    # verdicts
-    vlines = ["| model | MACs kept | best chanprune (FT) | best Torch-Pruning (FT) | FT verdict | "
-              "best chanprune (no FT) | best Torch-Pruning (no FT) | no-FT verdict |", "|---|---|---|---|---|---|---|---|"]
-    tally = {"ft": {"win": 0, "tie": 0, "loss": 0}, "no_ft": {"win": 0, "tie": 0, "loss": 0}}
-    for doc in docs:
-        for v in verdicts(doc):
-            cells = []
-            for kind in ("ft", "no_ft"):
-                x = v.get(kind)
-                if not x:
-                    cells += ["–", "–", "–"]
-                    continue
-                tally[kind][x["verdict"]] += 1
-                if kind == "ft":
-                    cells += [f"{x['ours']} {x['ours_acc'][0]:.2f} ± {x['ours_acc'][1]:.2f}",
-                              f"{x['tp']} {x['tp_acc'][0]:.2f} ± {x['tp_acc'][1]:.2f}", f"**{x['verdict']}**"]
-                else:
-                    cells += [f"{x['ours']} {x['ours_acc']:.2f}", f"{x['tp']} {x['tp_acc']:.2f}",
-                              f"**{x['verdict']}** (±{x['se']:.1f})"]
-            vlines.append(f"| {_label(doc)} | {100 * v['target']:.0f}% | " + " | ".join(cells) + " |")
-    parts.append("**Where chanprune wins, ties and loses** (best chanprune row vs best Torch-Pruning row at each "
+    for plain in (False, True):
+        vlines = ["| model | MACs kept | best chanprune (FT) | best Torch-Pruning (FT) | FT verdict | "
+                  "best chanprune (no FT) | best Torch-Pruning (no FT) | no-FT verdict |", "|---|---|---|---|---|---|---|---|"]
+        tally = {"ft": {"win": 0, "tie": 0, "loss": 0}, "no_ft": {"win": 0, "tie": 0, "loss": 0}}
+        for doc in docs:
+            for v in verdicts(doc, plain):
+                cells = []
+                for kind in ("ft", "no_ft"):
+                    x = v.get(kind)
+                    if not x:
+                        cells += ["–", "–", "–"]
+                        continue
+                    tally[kind][x["verdict"]] += 1
+                    if kind == "ft":
+                        cells += [f"{x['ours']} {x['ours_acc'][0]:.2f} ± {x['ours_acc'][1]:.2f}",
+                                  f"{x['tp']} {x['tp_acc'][0]:.2f} ± {x['tp_acc'][1]:.2f}", f"**{x['verdict']}**"]
+                    else:
+                        cells += [f"{x['ours']} {x['ours_acc']:.2f}", f"{x['tp']} {x['tp_acc']:.2f}",
+                                  f"**{x['verdict']}** (±{x['se']:.1f})"]
+                vlines.append(f"| {_label(doc)} | {100 * v['target']:.0f}% | " + " | ".join(cells) + " |")
+        title = ("**Where chanprune wins, ties and loses** (best chanprune row vs best Torch-Pruning row at each "
                  "target; fine-tuned: a tie when the difference is within the larger seed std; no fine-tune: a tie "
-                 "when within one binomial standard error of the difference on the test subset, shown in brackets):\n\n"
-                 + "\n".join(vlines) + "\n\n"
-                 f"Tally, fine-tuned: {tally['ft']['win']} wins, {tally['ft']['tie']} ties, {tally['ft']['loss']} losses; "
-                 f"no fine-tune: {tally['no_ft']['win']} wins, {tally['no_ft']['tie']} ties, {tally['no_ft']['loss']} losses.")
+                 "when within one binomial standard error of the difference on the test subset, shown in brackets):"
+                 if not plain else
+                 "**The same without weight compensation**: only chanprune rows that keep the surviving weights as "
+                 f"they are (no `recover='compensate'`, not {', '.join(COMPENSATING)}), i.e. channel *selection* against "
+                 "channel selection:")
+        parts.append(title + "\n\n" + "\n".join(vlines) + "\n\n"
+                     f"Tally, fine-tuned: {tally['ft']['win']} wins, {tally['ft']['tie']} ties, {tally['ft']['loss']} "
+                     f"losses; no fine-tune: {tally['no_ft']['win']} wins, {tally['no_ft']['tie']} ties, "
+                     f"{tally['no_ft']['loss']} losses.")
     for doc in docs:
         parts.append(model_tables(doc))
     parts.append("**Hardware-aware channel counts** (`round_to`, at "

@@ -140,3 +140,16 @@ def test_verdicts_and_markdown(sb, tmp_path):
     assert "fine-tuned: 0 wins, 1 ties, 1 losses" in md
     assert "round_to" in md and "| 8 |" in md
     assert "Not measured yet" in md  # the other models and methods are listed as missing
+
+
+def test_plain_verdicts_leave_out_compensating_rows(sb):
+    comp = _row("ours.hierarchical+compensate", "chanprune", 0.5, 86.0, nf=85.0)
+    comp["call"] = {"method": "hierarchical", "recover": "compensate"}
+    cp = _row("ours.cp", "chanprune", 0.5, 86.5, nf=86.0)
+    cp["call"] = {"method": "cp"}
+    plain = _row("ours.hierarchical", "chanprune", 0.5, 79.0, nf=70.0)
+    plain["call"] = {"method": "hierarchical"}
+    doc = _doc(sb, [comp, cp, plain, _row("tp.l1", "torch-pruning", 0.5, 81.0, nf=76.0, std=0.3)])
+    assert sb.verdicts(doc)[0]["ft"]["ours"] == "ours.cp" and sb.verdicts(doc)[0]["ft"]["verdict"] == "win"
+    v = sb.verdicts(doc, plain=True)[0]
+    assert v["ft"]["ours"] == "ours.hierarchical" and v["ft"]["verdict"] == "loss" and v["no_ft"]["verdict"] == "loss"
