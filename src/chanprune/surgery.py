@@ -16,10 +16,12 @@ producer must end with the planned number of channels (a removal that silently d
 Cost: the witness is the caller's model itself, run with temporary forward hooks under
 ``torch.inference_mode()`` in eval mode (its training flags are restored afterwards; nothing is copied or
 cast), and the pruned model is run as it is — both in float32 on a small probe batch (``PROBE_SIZE``
-images: prune() passes its first calibration images, else a random one), centre-cropped to
+images: prune() passes its first calibration images, else random ones), centre-cropped to
 ``PROBE_SIDE`` pixels a side when the model accepts that size (which channel feeds which does not depend
 on the spatial size; a model that needs its full input size, e.g. a flatten into a Linear, is probed at
-full size), with a relative tolerance of 1e-5 per compared tensor. Only when that fails is the comparison repeated in float64 (on cast copies of
+full size), with a relative tolerance of 1e-5 per compared tensor. Two images, not one: on one image a wrong
+mapping can hide behind channels that happen to be dead there (bench/fuzz_surgery.py found such a case);
+tiling the two crops into one image instead of batching them was tried and let that case through. Only when that fails is the comparison repeated in float64 (on cast copies of
 the tensors), which rules out float32 rounding; the error then names the first layer, in execution
 order, whose output diverges.
 
@@ -42,8 +44,9 @@ from .errors import ChanpruneError, ConfigError, ModelError, PruneError, Verific
 from .graph import PruningGraph
 
 TOLERANCE = 1e-5  # relative error allowed between the pruned model and the masked original
-PROBE_SIZE = 1  # images in the probe batch: prune() takes this many calibration images, else random ones
-PROBE_SIDE = 16  # spatial sides of the probe are first cropped to this; the full size is used if the model refuses it
+PROBE_SIZE = 2  # images in the probe batch: prune() takes this many calibration images, else random ones (one image
+# can leave a wrong mapping invisible when the channels it touches are dead on it: bench/fuzz_surgery.py found such a case)
+PROBE_SIDE = 8  # spatial sides of the probe are first cropped to this; the full size is used if the model refuses it
 ON_MISMATCH = ("raise", "exclude")
 _FIX = "pass on_mismatch='exclude' to drop the offending groups, exclude their layers with ignored_layers, or pass verify=False to skip this check"
 

@@ -60,7 +60,7 @@ def test_large_inputs_are_verified_on_a_crop_and_a_wrong_mapping_is_still_caught
     model = tiny("resnet20")
     x, _ = calib(2, size=28)
     pruned, report = prune_copy(model, {0: [0, 1]}, x[:1])
-    assert report.verified and report.probe_shape == (1, 1, surgery.PROBE_SIDE, surgery.PROBE_SIDE)
+    assert report.verified and report.probe_shape == (surgery.PROBE_SIZE, 1, surgery.PROBE_SIDE, surgery.PROBE_SIDE)
     graph = PruningGraph(copy.deepcopy(model), x[:1])
     _sabotage(graph, graph.groups[0])
     with pytest.raises(VerificationError, match="first divergence"):
@@ -73,7 +73,7 @@ def test_a_model_that_needs_its_full_input_size_is_verified_at_full_size():
                           nn.ReLU(), nn.Flatten(), nn.Linear(4 * 20 * 20, 10)).eval()
     x = torch.randn(1, 1, 20, 20)
     pruned, report = prune_copy(model, {0: [1, 3]}, x)
-    assert report.verified and report.probe_shape == (1, 1, 20, 20)
+    assert report.verified and report.probe_shape == (surgery.PROBE_SIZE, 1, 20, 20)
     graph = PruningGraph(copy.deepcopy(model), x)
     _sabotage(graph, graph.groups[0])
     with pytest.raises(VerificationError, match="first divergence"):

@@ -231,7 +231,7 @@ def block_specs(draw, c: int, h: int, allow_reshape: bool = True):
 @st.composite
 def arch_specs(draw, max_blocks: int = 4):
     in_channels = draw(st.integers(1, 3))
-    size = draw(st.sampled_from([4, 8, 12]))
+    size = draw(st.sampled_from([4, 8, 12, 20]))  # 20 > surgery.PROBE_SIDE: verified on a crop, or at full size
     c, h = in_channels, size
     kind = draw(st.sampled_from(["gap", "flat", "catflat"]))
     body = []

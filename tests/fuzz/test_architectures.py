@@ -234,3 +234,25 @@ def test_torch_pruning_slices_grouped_conv_inputs_wrongly():
         prune_copy(model, {g: [1, 2]}, x)
     with pytest.raises(VerificationError, match="no longer runs: layer 'conv2'"):
         prune_copy(model, {g: [0]}, x)
+
+
+def test_a_wrong_mapping_hidden_on_one_probe_image_is_caught_by_the_default_probe():
+    """Found by bench/fuzz_surgery.py: on this architecture a wrong Torch-Pruning mapping gives exactly the masked
+    original's output on the one image example_input(seed 0) (the channels it touches are dead there), so a
+    one-image probe verified it; the default probe (surgery.PROBE_SIZE images) must refuse it."""
+    from chanprune import surgery
+
+    spec = {"in_channels": 1, "size": 4, "classes": 3,
+            "body": [{"kind": "conv", "width": 13, "groups": 1, "bn": False}, {"kind": "pool", "pool": "avg"},
+                     {"kind": "cat", "wa": 12, "wb": 3, "with_input": False}, {"kind": "res", "width": 9, "proj": True}],
+            "head": {"kind": "catflat", "hidden": None, "side": None, "swap": False}}
+    plan = {0: [0, 1, 2, 3, 4, 5, 6], 2: [0, 1, 2, 3, 4, 5, 6], 4: [1, 2, 4]}
+    torch.manual_seed(0)
+    model = FuzzNet(spec).eval()
+    x = example_input(spec)
+    graph = PruningGraph(copy.deepcopy(model), x)
+    assert [g.channels for g in graph.groups] == [9, 3, 13, 12, 9]
+    pruned, report = surgery.apply_plan(graph, plan, model, probe=x)  # the one-image probe is fooled ...
+    assert report.verified and _independent_check(model, graph, plan, pruned, spec) > 1e-4
+    with pytest.raises(VerificationError):  # ... the default probe is not
+        prune_copy(model, plan, x)
