@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +114,7 @@ def effective_section() -> str:
     if reading_rows:
         parts.append("**Which gradient reading predicts the knee?** Kept-MAC % at the network maximum, by energy threshold η "
                      "(`AnalysisConfig`'s default is the feature reading at η = 0.999: it ties with the best reading in the mean error "
-                     "below, needs no labels and no backward pass, and is the cheapest — see the seconds column):\n\n"
+                     "below and needs no labels and no backward pass):\n\n"
                      "| model | reading | samples | η=0.9 | η=0.95 | η=0.99 | η=0.999 | measured knee | seconds |\n"
                      "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(reading_rows))
     if prune_rows:
@@ -297,9 +298,14 @@ def recovery_section() -> str:
 SECTIONS = {"zoo": zoo_section, "effective": effective_section, "results": results_section, "trp": trp_section, "recovery": recovery_section}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Regenerate every README section, or only those named: ``python bench/make_readme.py zoo effective``."""
+    names = list(sys.argv[1:] if argv is None else argv) or list(SECTIONS)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise SystemExit(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}.")
     text = README.read_text()
-    for name, fn in SECTIONS.items():
+    for name, fn in ((n, SECTIONS[n]) for n in names):
         pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
         if pattern.search(text):
             text = pattern.sub(lambda m: m.group(1) + fn() + "\n" + m.group(2), text)
