@@ -549,13 +549,38 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def supervise(argv: list[str]) -> int:
+    import signal
     child = [sys.executable, str(Path(__file__).resolve())] + [a for a in argv if a != "--supervise"]
+    proc = None
+    stopping = False
+
+    def forward(signum, frame):  # stop = stop the child cleanly (it gives its row's attempt back), then exit
+        nonlocal stopping
+        stopping = True
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
     for attempt in range(1, 21):
-        rc = subprocess.call(child)
+        if stopping:
+            return 143
+        proc = subprocess.Popen(child)
+        rc = proc.wait()
+        if stopping:
+            return 143
         if rc >= 0 and rc not in (134, 139):
             return rc
         print(f"[scoreboard] child died (rc {rc}); restarting ({attempt})", flush=True)
     return 1
+
+
+class Stopped(BaseException):
+    """Raised by SIGTERM/SIGINT in a worker (BaseException, so run_row's failure handling does not swallow it)."""
+
+
+def _stop(signum, frame):
+    raise Stopped()
 
 
 def main(argv=None) -> int:
@@ -563,6 +588,9 @@ def main(argv=None) -> int:
     args = parse(argv)
     if args.supervise:
         return supervise(argv)
+    import signal
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     torch.set_num_threads(1)
     methods = all_methods()
     if args.list:
@@ -677,7 +705,13 @@ def main(argv=None) -> int:
             # oneDNN's conv backward does not occur without it); recorded in the row.
             mkldnn_ft = n < 2
             print(f"[scoreboard] {folder} target {target:.0%} {method.id} round_to={round_to} ...", flush=True)
-            row = run_row(ctx, method, target, round_to, finetune=ft, mkldnn_finetune=mkldnn_ft)
+            try:
+                row = run_row(ctx, method, target, round_to, finetune=ft, mkldnn_finetune=mkldnn_ft)
+            except Stopped:  # a deliberate stop is not an abort: give the attempt back, so no oneDNN-off retry
+                res.doc["attempts"][key] = n - 1
+                res.save()
+                print(f"[scoreboard] stopped during {key}", flush=True)
+                return 143
             row["key"] = key
             row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             res.add(row)
