@@ -10,7 +10,7 @@ Public API (stable names)::
 """
 from __future__ import annotations
 
-import importlib
+from chanprune._lazy import lazy_exports as _lazy_exports
 
 __version__ = "0.1.0"
 
@@ -50,17 +50,4 @@ _EXPORTS = {
     "LowRank": "chanprune.lowrank",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    # Lazy: `import chanprune` stays cheap (the CLI starts fast) and submodules load on first use.
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'chanprune' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = _lazy_exports('chanprune', _EXPORTS)

@@ -8,7 +8,7 @@ Names load lazily, so :mod:`chanprune.io` can import :class:`LowRank` without pu
 """
 from __future__ import annotations
 
-import importlib
+from chanprune._lazy import lazy_exports as _lazy_exports
 
 _EXPORTS = {
     "LowRank": "chanprune.lowrank.modules",
@@ -34,16 +34,4 @@ _EXPORTS = {
     "trp_train": "chanprune.lowrank.trp",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'chanprune.lowrank' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = _lazy_exports('chanprune.lowrank', _EXPORTS)
