@@ -236,7 +236,7 @@ def main(argv=None) -> int:
     out = json.loads(path.read_text()) if path.exists() else {}
     b = Bench(args.model)
     out.update({
-        "model": args.model, "model_note": "width 0.5 (the shipped checkpoint)" if args.model == "vgg16_bn" else "full width",
+        "model": args.model, "model_note": "width 0.5, as shipped" if args.model == "vgg16_bn" else "full width",
         "data": "fashion_mnist", "test_subset": TEST_SUBSET, "calibration": CALIBRATION, "calibration_sizes": [100, 500, 2000],
         "held_out_images": HELD_OUT, "finetune": FT, "threads": 1,
         "command": f"python bench/recovery.py {args.model}" + (" --quick" if args.quick else ""),
