@@ -121,3 +121,23 @@ def test_iterative_mode_reaches_target_in_steps():
     assert abs(total - 0.6) <= 0.02 * 0.6
     with pytest.raises(chanprune.ChanpruneError, match="iterate > 1 needs"):
         HierarchicalConfig(ratio=0.3, iterate=2)
+
+
+def test_groups_wider_than_the_samples_are_kept_whole():
+    """Gate reading, N = 48 < 64 channels: those groups cannot show redundancy, so k_l = n_l and they are not cut."""
+    model = chanprune.create_model("resnet20", num_classes=10, in_channels=1).eval()  # groups of 16, 32 and 64
+    x, y = calib(48)
+    gate = AnalysisConfig(reading="gate", rule="energy", threshold=0.9, samples=48)
+    with pytest.warns(UserWarning, match="samples=64"):
+        res = analyze(model, (x, y), gate)
+    wide = [g.index for g in res.groups if g.channels > 48]
+    assert wide and all(not g.resolved and g.effective == g.channels for g in res.groups if g.index in wide)
+    assert all(g.resolved for g in res.groups if g.index not in wide)
+    assert any(g.effective < g.channels for g in res.groups if g.index not in wide)
+    target = 1 - 0.5 * res.max_compression_macs
+    with pytest.warns(UserWarning, match="samples=64"):
+        pruned = chanprune.prune(model, HierarchicalConfig(target_macs=target, calibration=48, analysis=gate), data=(x, y),
+                                 example_inputs=x[:1])
+    groups = pruned.chanprune_history[-1]["groups"]
+    assert all(groups[i]["kept"] == groups[i]["channels"] for i in wide)
+    assert abs(pruned.chanprune_history[-1]["macs"]["ratio"] - target) <= 0.01 * target

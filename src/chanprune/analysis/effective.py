@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -111,6 +112,9 @@ class GroupAnalysis:
     effective: int
     max_rate: float
     eigenvalues: list[float] = field(repr=False)
+    # False when the gradient matrix had fewer rows than the group has channels (gate reading, N < n_l): its rank
+    # cannot show redundancy there, so the group is taken as fully effective (k_l = n_l, ρ_l^max = 0).
+    resolved: bool = True
 
 
 @dataclass
@@ -135,8 +139,8 @@ class AnalysisResult:
         cfg = AnalysisConfig(**{**asdict(self.config), "rule": rule, "threshold": threshold})
         groups = []
         for g in self.groups:
-            k = max(1, effective_rank(torch.tensor(g.eigenvalues, dtype=torch.float64), rule, threshold))
-            groups.append(GroupAnalysis(g.index, g.name, g.channels, k, 1 - k / g.channels, g.eigenvalues))
+            k = _effective(torch.tensor(g.eigenvalues, dtype=torch.float64), g.channels, rule, threshold, g.resolved)
+            groups.append(GroupAnalysis(g.index, g.name, g.channels, k, 1 - k / g.channels, g.eigenvalues, g.resolved))
         macs, params = _network_rates(self._cost, [g.effective for g in groups])
         return AnalysisResult(cfg, groups, self.samples, macs, params, self.seconds, self.grams, self._cost)
 
@@ -176,9 +180,11 @@ class AnalysisResult:
         for col in ("#", "group", "channels", "effective", "max rate"):
             t.add_column(col, justify="right" if col != "group" else "left")
         for g in self.groups:
-            t.add_row(str(g.index), g.name, str(g.channels), str(g.effective), f"{g.max_rate:.0%}")
+            t.add_row(str(g.index), g.name, str(g.channels), str(g.effective) + ("" if g.resolved else " *"), f"{g.max_rate:.0%}")
         t.caption = (f"network max compression: {self.max_compression_macs:.1%} of MACs, "
                      f"{self.max_compression_params:.1%} of params removable")
+        if not all(g.resolved for g in self.groups):
+            t.caption += f"\n* more channels than the {self.samples} samples can resolve: taken as all effective"
         return t
 
     def plot(self, folder) -> list[Path]:
@@ -214,6 +220,11 @@ class AnalysisResult:
         return paths
 
 
+def _effective(lam: torch.Tensor, channels: int, rule: str, threshold: float | None, resolved: bool) -> int:
+    """k_l: the numerical rank of 𝒢_l, or n_l for a group whose 𝒢_l has too few rows to show redundancy."""
+    return channels if not resolved else max(1, effective_rank(lam, rule, threshold))
+
+
 def _network_rates(cost: CostModel, keep: list[int]) -> tuple[float, float]:
     macs, params = cost(keep)
     return 1 - macs / cost.macs, 1 - params / cost.params
@@ -246,20 +257,31 @@ def analyze(model: nn.Module, data, config: AnalysisConfig | None = None, *, exa
     if graph is None:
         graph = PruningGraph(model, example_inputs, ignored_layers=config.ignored_layers)
     n_images = sum(len(x) for x, _ in batches)
-    widest = max(g.channels for g in graph.groups)
-    if config.reading == "gate" and n_images < widest:
-        raise AnalysisError(
-            f"{n_images} samples cannot reveal the rank of a group with {widest} channels (the gate reading gives one row per sample); "
-            f"use at least {widest} samples (samples={widest} or more)."
-        )
+    # The gate reading gives one row per sample, so rank(𝒢_l) ≤ N: a group wider than N would look redundant
+    # by sampling alone. Such groups are kept whole (k_l = n_l) with a warning; if no group is narrow enough,
+    # the analysis says nothing and is refused.
+    too_wide = [g for g in graph.groups if config.reading == "gate" and n_images < g.channels]
+    if too_wide:
+        widest = max(g.channels for g in too_wide)
+        if len(too_wide) == len(graph.groups):
+            raise AnalysisError(
+                f"{n_images} samples cannot reveal the rank of any group (the gate reading gives one row per sample and the "
+                f"narrowest group has {min(g.channels for g in too_wide)} channels); use at least {widest} samples (samples={widest}).")
+        names = ", ".join(f"{g.name} ({g.channels})" for g in too_wide[:3]) + (", …" if len(too_wide) > 3 else "")
+        warnings.warn(
+            f"groups wider than the {n_images} samples can resolve are taken as all effective and are not pruned by the "
+            f"analysis: {names}; pass samples={widest} or more to analyse them.",
+            stacklevel=2)
+    unresolved = {g.index for g in too_wide}
     stats = collect(model, graph, batches, config.reading, labels=config.labels, seed=config.seed)
     cost = CostModel(graph)
     groups = []
     grams = {}
     for g in graph.groups:
         lam = spectrum(stats[g.index].gram)
-        k = max(1, effective_rank(lam, config.rule, config.threshold))
-        groups.append(GroupAnalysis(g.index, g.name, g.channels, k, 1 - k / g.channels, lam.tolist()))
+        resolved = g.index not in unresolved
+        k = _effective(lam, g.channels, config.rule, config.threshold, resolved)
+        groups.append(GroupAnalysis(g.index, g.name, g.channels, k, 1 - k / g.channels, lam.tolist(), resolved))
         grams[g.index] = stats[g.index].gram
     macs, params = _network_rates(cost, [g.effective for g in groups])
     return AnalysisResult(config, groups, n_images, macs, params, time.perf_counter() - t0, grams, cost)
