@@ -7,6 +7,7 @@ Sections are delimited by <!-- NAME:start --> / <!-- NAME:end --> markers:
   effective  — bench/results/effective_<model>.json (bench/effective_filters.py), plus PNG plots
   results    — bench/results/scoreboard_<checkpoint>.json (bench/scoreboard.py), plus bench/plots/scoreboard_*.png
   trp        — bench/results/trp_<model>.json (bench/trp.py)
+  fresh      — bench/results/fresh_clone.json (bench/fresh_clone.py): the two set-up commands timed on a fresh clone
 A section whose sources are missing says so instead of showing numbers.
 """
 from __future__ import annotations
@@ -295,7 +296,31 @@ def recovery_section() -> str:
     return "\n\n".join(out)
 
 
-SECTIONS = {"zoo": zoo_section, "effective": effective_section, "results": results_section, "trp": trp_section, "recovery": recovery_section}
+def fresh_section() -> str:
+    path = RESULTS / "fresh_clone.json"
+    if not path.exists():
+        return "_Not measured yet: `python bench/fresh_clone.py`._"
+    r = json.loads(path.read_text())
+    run, test, rec = r["make_run"], r["make_test"], r["make_run"].get("record")
+    lines = [f"Measured by `python bench/fresh_clone.py` (commit `{r['commit'][:8]}`, {r['machine']['cpus']} CPU cores, "
+             f"load average {r['load_average_start'][0]:.1f} at start; each command in its own fresh clone with no `.venv` "
+             f"and {r['data_cache']}): `make run` took **{run['wall_seconds'] / 60:.1f} min** (exit {run['exit_status']}), "
+             f"`make test` **{test['wall_seconds'] / 60:.1f} min** (exit {test['exit_status']}), installation included."]
+    if rec:
+        d, p = rec["dense"], rec["pruned"]
+        ft = rec.get("finetune") or {}
+        lines += ["", f"`make run` ({rec['label']}, accuracy on a fixed stratified {rec['test_images']:,}-image test subset; "
+                      f"fine-tune: {ft.get('epochs', 0)} epoch over {ft.get('limit') or 'all':,} training images):", "",
+                  "| | before | after |", "|---|---|---|",
+                  f"| accuracy | {d['accuracy']:.2f}% | {p['accuracy_no_finetune']:.2f}% without fine-tune → {p['accuracy']:.2f}% fine-tuned |",
+                  f"| MACs | {_m(d['macs'])} | {_m(p['macs'])} ({p['macs'] / d['macs']:.1%}) |",
+                  f"| params | {_m(d['params'])} | {_m(p['params'])} ({p['params'] / d['params']:.1%}) |"]
+        for bs, x in (rec.get("speedup") or {}).items():
+            lines.append(f"| latency, batch {bs} | {d['latency_ms'][bs]:.2f} ms | {p['latency_ms'][bs]:.2f} ms ({x:.2f}× faster) |")
+    return "\n".join(lines)
+
+
+SECTIONS = {"zoo": zoo_section, "effective": effective_section, "results": results_section, "trp": trp_section, "recovery": recovery_section, "fresh": fresh_section}
 
 
 def main(argv: list[str] | None = None) -> int:
