@@ -147,3 +147,17 @@ def test_demo_runs_end_to_end_on_a_small_model(models, tmp_path):
     text = " ".join(result.output.split())  # rich wraps lines
     assert "can go before accuracy drops" in text and "layer budgets" in text
     assert list(out.rglob("*.safetensors")) and list(out.rglob("*.json"))
+
+
+def test_warnings_are_one_line(models, tmp_path, monkeypatch, capsys):
+    """A warning (here: LeNet's 120- and 84-wide layers against 50 gate samples) prints as one 'warning:' line."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["chanprune", "analyze", f"{models}/m", *D, "--samples", "50", "--reading", "gate",
+                                      "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code in (0, None)
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning: groups wider than the 50 samples"), err
+    assert "UserWarning" not in out + err and "samples=120" in lines[0]

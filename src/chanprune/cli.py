@@ -477,11 +477,20 @@ def demo(checkpoint: str = typer.Option(str(DEFAULT_CHECKPOINT), help="saved mod
     console.print(f"total wall time {time.time() - t0:.0f} s")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr ("warning: …"), not Python's file:line form with the source echoed."""
+    Console(stderr=True).print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
+    import warnings
+
     from .errors import ChanpruneError
 
     try:
-        app(standalone_mode=True)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            app(standalone_mode=True)
     except ChanpruneError as exc:
         Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
