@@ -89,7 +89,7 @@ QUICK = {
 }
 ROUND_TO = {"values": [None, 4, 8, 16], "methods": ["tp.l1", "ours.hierarchical", "ours.hierarchical+exceed"],
             "target": 0.5}  # +exceed runs only where plain hierarchical refused the rounded target
-# Compute plan (about 120 CPU-core-minutes on this machine), most informative rows first:
+# Run order when compute is short (this 2-core machine), most informative rows first:
 #   phase 1: every method at every target on FULL_MODEL; on the other models, the core methods at 50 % of the MACs
 #            and the round_to study, model by model in MODELS order;
 #   phase 2: the core methods at the other targets on the other models;
@@ -1056,7 +1056,9 @@ def render_markdown(docs: list[dict], plots: list[Path] | None = None, root: Pat
         f"Versions: torch {ver['torch']}, torch-pruning {ver['torch_pruning']}, chanprune {ver['chanprune']}, "
         f"CPU {ver['cpu']}. Everything ran on this project's shared 2-core CPU machine (no GPU), so "
         f"latencies are noisy.",
-        f"Compute plan (about 120 CPU-core-minutes were available, one core per process): first every method at "
+        f"Compute: {sum(r.get('row_seconds') or 0 for d in docs for r in d['rows']) / 3600:.1f} CPU-core-hours over "
+        f"{sum(len(d['rows']) for d in docs)} rows (the sum of their wall times, one core per process; no GPU was lent). "
+        f"Priority while compute was short, most informative rows first: every method at "
         f"every target on `{FULL_MODEL}` and, on the other models in the order "
         f"{', '.join(f'`{m[2]}`' for m in MODELS if m[2] != FULL_MODEL)}, the core methods at "
         f"{100 * ROUND_TO['target']:.0f}% of the MACs plus the round_to study; then the core methods at the other "
