@@ -217,6 +217,8 @@ def prune_row(b: Bench, method: str, target: float, n: int, with_recon: bool):
     row["headline"] = "bn" if chosen is bn else "returned"
     if with_recon:
         row["reconstruction"] = reconstruction(b.model, chosen.eval(), b.held_out)
+    if record.get("analysis", {}).get("unresolved"):  # groups wider than the calibration set: kept whole
+        row["analysis_unresolved"] = record["analysis"]["unresolved"]
     if method == "cp":
         row["cp_layers"] = record.get("cp", {}).get("layers")
     return chosen, row

@@ -140,4 +140,5 @@ def test_groups_wider_than_the_samples_are_kept_whole():
                                  example_inputs=x[:1])
     groups = pruned.chanprune_history[-1]["groups"]
     assert all(groups[i]["kept"] == groups[i]["channels"] for i in wide)
+    assert pruned.chanprune_history[-1]["analysis"]["unresolved"] == [g.name for g in res.groups if g.index in wide]
     assert abs(pruned.chanprune_history[-1]["macs"]["ratio"] - target) <= 0.01 * target

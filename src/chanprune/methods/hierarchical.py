@@ -166,6 +166,7 @@ def hierarchical_planner(session: PruneSession) -> dict[int, list[int]]:
     session.notes["analysis"] = {
         "reading": cfg.analysis.reading, "rule": cfg.analysis.rule, "threshold": cfg.analysis.threshold,
         "samples": result.samples, "effective": floor,
+        "unresolved": [g.name for g in result.groups if not g.resolved],  # wider than the samples: kept whole
         "max_compression_macs": result.max_compression_macs,
         "max_compression_params": result.max_compression_params, "seconds": result.seconds,
     }
