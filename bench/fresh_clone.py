@@ -53,7 +53,7 @@ def main(argv=None) -> int:
             if target == "run":  # the before/after table the demo printed, as JSON
                 results[target]["record"] = json.loads(record.read_text()) if record.exists() else None
     run, test = results["run"], results["test"]
-    result = {"commit": head, "data_cache": "existing" if args.keep_cache else "empty (data downloaded and converted)",
+    result = {"commit": head, "data_cache": "the existing data cache" if args.keep_cache else "an empty data cache (the data fetched from npm and converted)",
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
               "load_average_start": load_start, "load_average_end": os.getloadavg(),
               "note": "each command ran in its own fresh clone, so each time includes creating .venv and installing.",

@@ -317,7 +317,8 @@ def fresh_section() -> str:
         lines += ["", f"`make run` ({rec['label']}, accuracy on a fixed stratified {rec['test_images']:,}-image test subset; "
                       f"fine-tune: {ft.get('epochs', 0)} epoch over {ft.get('limit') or 'all':,} training images):", "",
                   "| | before | after |", "|---|---|---|",
-                  f"| accuracy | {d['accuracy']:.2f}% | {p['accuracy_no_finetune']:.2f}% without fine-tune → {p['accuracy']:.2f}% fine-tuned |",
+                  f"| accuracy | {d['accuracy']:.2f}% | {p['accuracy_no_finetune']:.2f}% without fine-tune (`recover={rec['config'].get('recover')!r}`) "
+                  f"→ {p['accuracy']:.2f}% fine-tuned |",
                   f"| MACs | {_m(d['macs'])} | {_m(p['macs'])} ({p['macs'] / d['macs']:.1%}) |",
                   f"| params | {_m(d['params'])} | {_m(p['params'])} ({p['params'] / d['params']:.1%}) |"]
         for bs, x in (rec.get("speedup") or {}).items():
