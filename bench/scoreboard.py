@@ -413,13 +413,21 @@ def versions() -> dict:
 
 
 class Results:
+    """One model's JSON. Every write re-reads the file under a lock and merges by row key, so several processes can
+    fill one file at once (each claims a row with :func:`_try_lock` before running it)."""
+
     def __init__(self, path: Path, header: dict):
         self.path = path
-        if path.exists():
-            self.doc = json.loads(path.read_text())
-        else:
-            self.doc = {"schema": SCHEMA, **header, "rows": [], "attempts": {}}
-        self.doc.update({k: v for k, v in header.items() if k not in ("created",)})
+        self.header = {k: v for k, v in header.items() if k not in ("created",)}
+        self.doc = self._read() or {"schema": SCHEMA, **header, "rows": [], "attempts": {}}
+        self.doc.update(self.header)
+
+    def _read(self) -> dict | None:
+        return json.loads(self.path.read_text()) if self.path.exists() else None
+
+    def refresh(self) -> None:
+        """Pick up rows other processes wrote since the last read."""
+        self.doc = {**(self._read() or self.doc), **self.header}
 
     def keys(self) -> set[str]:
         return {r["key"] for r in self.doc["rows"]}
@@ -427,20 +435,40 @@ class Results:
     def row(self, key: str) -> dict | None:
         return next((r for r in self.doc["rows"] if r["key"] == key), None)
 
-    def save(self) -> None:
+    def _update(self, change=None) -> None:
+        """Under an exclusive lock: re-read the file, apply ``change(doc)``, write it atomically, keep it in memory."""
+        import fcntl
+
         from chanprune._atomic import write_text_atomic
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path, json.dumps(self.doc, indent=1, allow_nan=False) + "\n")
+        with open(_lock_path(self.path, "file"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            doc = {**(self._read() or {"schema": SCHEMA, "rows": [], "attempts": {}}), **self.header}
+            if change is not None:
+                change(doc)
+            write_text_atomic(self.path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
+            self.doc = doc
+
+    def save(self) -> None:
+        self._update()
 
     def add(self, row: dict) -> None:
-        self.doc["rows"] = [r for r in self.doc["rows"] if r["key"] != row["key"]] + [row]
-        self.save()
+        self._update(lambda doc: doc.__setitem__("rows", [r for r in doc["rows"] if r["key"] != row["key"]] + [row]))
+
+    def drop(self, key: str) -> None:
+        self._update(lambda doc: doc.__setitem__("rows", [r for r in doc["rows"] if r["key"] != key]))
+
+    def set_attempts(self, key: str, n: int) -> None:
+        self._update(lambda doc: doc["attempts"].__setitem__(key, n))
 
     def attempt(self, key: str) -> int:
+        self.refresh()
         n = self.doc["attempts"].get(key, 0) + 1
-        self.doc["attempts"][key] = n
-        self.save()
+        self.set_attempts(key, n)
         return n
+
+    def log_invocation(self, entry: dict) -> None:
+        self._update(lambda doc: doc.setdefault("invocations", []).append(entry))
 
 
 def row_key(target: float, method: str, round_to: int | None) -> str:
@@ -514,13 +542,17 @@ def results_path(folder: str, quick: bool) -> Path:
     return RESULTS / (f"scoreboard_quick.json" if quick else f"scoreboard_{folder}.json")
 
 
-def _try_lock(path: Path):
-    """An exclusive lock on ``<json>.lock`` so two processes never work on the same model file; None if taken."""
-    import fcntl
+def _lock_path(path: Path, what: str) -> Path:
     import hashlib
     import tempfile
-    tag = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-    f = open(Path(tempfile.gettempdir()) / f"chanprune_scoreboard_{tag}.lock", "w")
+    tag = hashlib.sha256(f"{path.resolve()}|{what}".encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"chanprune_scoreboard_{tag}.lock"
+
+
+def _try_lock(path: Path, key: str):
+    """An exclusive lock on one row of one results file, so two processes never run the same row; None if taken."""
+    import fcntl
+    f = open(_lock_path(path, "row " + key), "w")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -658,10 +690,6 @@ def main(argv=None) -> int:
                         k = row_key(round_cfg["target"] if not args.quick else targets[0], m.id, r)
                         print(f"{folder:28s} {k:48s} {'done' if k in done else ('if needed' if m.fallback_for else 'todo')}")
             continue
-        lock = _try_lock(path)
-        if lock is None:
-            print(f"[scoreboard] {folder}: another scoreboard process is working on it, skipped", flush=True)
-            continue
         t_model = time.perf_counter()
         ctx = Context(model_name, data_name, folder, recipe)
         header = {"model": model_name, "data": data_name, "checkpoint": f"checkpoints/{folder}",
@@ -679,16 +707,24 @@ def main(argv=None) -> int:
             jobs = ([] if args.only_round_to else jobs) + rt_jobs
         elif args.only_round_to:
             jobs = []
+        claim = None
         for target, method, round_to, ft in jobs:
             key = row_key(target, method.id, round_to)
+            if claim is not None:
+                claim.close()
+            claim = _try_lock(path, key)
+            if claim is None:
+                print(f"[scoreboard] {folder} {key}: another process is running this row, skipped", flush=True)
+                continue
+            res.refresh()
             prev = res.row(key)
             if prev is not None:
                 if not (prev["status"] == "failed" and prev.get("reason", "").startswith("the process died")
                         and not prev.get("mkldnn_off_tried")):
                     continue
                 # rows that aborted before oneDNN-off retries existed: try once more, now with oneDNN off
-                res.doc["rows"] = [r for r in res.doc["rows"] if r["key"] != key]
-                res.doc["attempts"][key] = 1
+                res.drop(key)
+                res.set_attempts(key, 1)
             if method.fallback_for is not None:
                 parent = res.row(row_key(target, method.fallback_for, round_to))
                 if parent is None or parent["status"] == "ok":
@@ -708,8 +744,7 @@ def main(argv=None) -> int:
             try:
                 row = run_row(ctx, method, target, round_to, finetune=ft, mkldnn_finetune=mkldnn_ft)
             except Stopped:  # a deliberate stop is not an abort: give the attempt back, so no oneDNN-off retry
-                res.doc["attempts"][key] = n - 1
-                res.save()
+                res.set_attempts(key, n - 1)
                 print(f"[scoreboard] stopped during {key}", flush=True)
                 return 143
             row["key"] = key
@@ -724,11 +759,10 @@ def main(argv=None) -> int:
             else:
                 print(f"    failed: {row['reason']}", flush=True)
             computed += 1
-        res.doc.setdefault("invocations", []).append(
-            {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": header["command"],
-             "rows_computed": computed, "wall_seconds": time.perf_counter() - t_model})
-        res.save()
-        lock.close()
+        if claim is not None:
+            claim.close()
+        res.log_invocation({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": header["command"],
+                            "rows_computed": computed, "wall_seconds": time.perf_counter() - t_model})
     print(f"[scoreboard] done in {time.perf_counter() - t_start:.0f}s", flush=True)
     return 0
 

@@ -97,6 +97,26 @@ def test_results_resume_and_attempts(sb, tmp_path):
     assert [r["status"] for r in sb.Results(path, {}).doc["rows"]] == ["failed"]
 
 
+def test_two_writers_of_one_file_keep_each_others_rows(sb, tmp_path):
+    """Two processes filling one model's file: each write merges with what the other wrote since."""
+    path = tmp_path / "s.json"
+    a, b = sb.Results(path, {"model": "m"}), sb.Results(path, {"model": "m"})
+    a.add({"key": "x", "status": "ok"})
+    b.add({"key": "y", "status": "ok"})   # b never read x
+    a.log_invocation({"rows_computed": 1})
+    b.log_invocation({"rows_computed": 1})
+    doc = sb.Results(path, {}).doc
+    assert {r["key"] for r in doc["rows"]} == {"x", "y"} and len(doc["invocations"]) == 2
+    first = sb._try_lock(path, "x")
+    assert first is not None and sb._try_lock(path, "x") is None   # a row runs in one process only
+    other = sb._try_lock(path, "y")
+    assert other is not None
+    first.close(), other.close()
+    again = sb._try_lock(path, "x")
+    assert again is not None
+    again.close()
+
+
 def test_compare_marks_ties_within_the_spread(sb):
     assert sb.compare((80.0, 0.5), (79.6, 0.1)) == "tie"
     assert sb.compare((80.0, 0.1), (79.0, 0.3)) == "win"
