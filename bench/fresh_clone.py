@@ -49,8 +49,8 @@ def main(argv=None) -> int:
             if not args.keep_cache:
                 env["CHANPRUNE_CACHE"] = str(cache)
             results[target] = timed(["make", target], clone, env)
-            record = clone / "runs" / "demo" / "record.json"
             if target == "run":  # the before/after table the demo printed, as JSON
+                record = clone / "runs" / "demo" / "record.json"
                 results[target]["record"] = json.loads(record.read_text()) if record.exists() else None
     run, test = results["run"], results["test"]
     result = {"commit": head, "data_cache": "the existing data cache" if args.keep_cache else "an empty data cache (the data fetched from npm and converted)",

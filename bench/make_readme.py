@@ -223,6 +223,7 @@ def recovery_section() -> str:
     if not files:
         return "_Not run yet: `python bench/recovery.py resnet56` and `python bench/recovery.py vgg16_bn`._"
     main_rows, calib_rows, notes, gaps = [], [], [], []
+    unresolved = False  # some row's analysis kept groups whole (fewer images than channels): footnote ¹
     names = {"l1": "L1", "l1+comp": "L1 + compensation", "hierarchical": "hierarchical",
              "hierarchical+comp": "hierarchical + compensation", "cp": "CP", "cp-nocorr": "CP without shortcut correction",
              "cap": "CaP"}
@@ -265,6 +266,7 @@ def recovery_section() -> str:
                     cells.append("refused")
                 else:
                     head = r["accuracy_bn"] if r["headline"] == "bn" else r["accuracy_returned"]
+                    unresolved |= bool(r.get("analysis_unresolved"))
                     cells.append(f"{head:.2f} ({r['prune_seconds'] + r['bn_seconds'] * (r['headline'] == 'bn'):.0f} s)"
                                  + (" ¹" if r.get("analysis_unresolved") else ""))
             calib_rows.append(f"| {m} | {names[method]} | " + " | ".join(cells) + " |")
@@ -294,7 +296,7 @@ def recovery_section() -> str:
         + "\n".join(calib_rows)
         + ("\n\n¹ fewer calibration images than some groups have channels: the analysis keeps those groups whole "
            "(listed per row in the JSON as `analysis_unresolved`), so the other groups are cut deeper."
-           if any(r.get("analysis_unresolved") for f in files for r in json.loads(f.read_text()).get("rows", [])) else ""),
+           if unresolved else ""),
     ]
     if gaps:
         out.insert(1, "Not measured: " + "; ".join(gaps) + ".")

@@ -549,12 +549,13 @@ def _lock_path(path: Path, what: str) -> Path:
     return Path(tempfile.gettempdir()) / f"chanprune_scoreboard_{tag}.lock"
 
 
-def _try_lock(path: Path, key: str):
-    """An exclusive lock on one row of one results file, so two processes never run the same row; None if taken."""
+def _try_lock(path: Path, key: str, wait: bool = False):
+    """An exclusive lock on one row of one results file, so two processes never run the same row; None if taken
+    (with ``wait``: block until the process holding it is done)."""
     import fcntl
     f = open(_lock_path(path, "row " + key), "w")
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except OSError:
         f.close()
         return None
@@ -726,7 +727,11 @@ def main(argv=None) -> int:
                 res.drop(key)
                 res.set_attempts(key, 1)
             if method.fallback_for is not None:
-                parent = res.row(row_key(target, method.fallback_for, round_to))
+                parent_key = row_key(target, method.fallback_for, round_to)
+                if res.row(parent_key) is None:  # another process may be running the parent: wait for its verdict
+                    _try_lock(path, parent_key, wait=True).close()
+                    res.refresh()
+                parent = res.row(parent_key)
                 if parent is None or parent["status"] == "ok":
                     continue
             n = res.attempt(key)

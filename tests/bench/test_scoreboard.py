@@ -117,6 +117,24 @@ def test_two_writers_of_one_file_keep_each_others_rows(sb, tmp_path):
     again.close()
 
 
+def test_waiting_for_a_row_blocks_until_its_holder_is_done(sb, tmp_path):
+    """A fallback row (+exceed) waits for its parent row running in another process before reading its verdict."""
+    import threading
+    import time
+
+    path = tmp_path / "s.json"
+    holder = sb._try_lock(path, "parent")
+    waited = []
+    t = threading.Thread(target=lambda: waited.append(sb._try_lock(path, "parent", wait=True)))
+    t.start()
+    time.sleep(0.3)
+    assert t.is_alive() and not waited   # still blocked by the holder
+    holder.close()
+    t.join(5)
+    assert waited and waited[0] is not None
+    waited[0].close()
+
+
 def test_compare_marks_ties_within_the_spread(sb):
     assert sb.compare((80.0, 0.5), (79.6, 0.1)) == "tie"
     assert sb.compare((80.0, 0.1), (79.0, 0.3)) == "win"
