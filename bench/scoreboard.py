@@ -884,6 +884,25 @@ def _speedup(r: dict, b: str) -> str:
     return "–" if not lat else f"{lat['speedup']:.2f}×"
 
 
+REFUSALS = ("OverPruneError", "PruneError")  # chanprune saying no to a target, as opposed to a crash
+
+
+def _short_reason(reason: str) -> str:
+    """A failed row's reason for a table cell: 'refused' or 'failed', then the first clause of the message."""
+    kind, _, text = reason.partition(": ")
+    head = text.split("; ")[0] if text else reason
+    return f"{'refused' if kind in REFUSALS else 'failed'}: {head}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else ("es" if word.endswith("s") else "s"))
+
+
+def _tally(counts: dict[str, int]) -> str:
+    return (f"{_plural(counts['win'], 'win')}, {_plural(counts['tie'], 'tie')}, "
+            f"{_plural(counts['loss'], 'loss')}")
+
+
 def model_tables(doc: dict) -> str:
     parts = []
     dense = doc["dense"]
@@ -902,7 +921,7 @@ def model_tables(doc: dict) -> str:
                                               -(r.get("accuracy_no_ft") or -1))):
             name = f"{r['method']}"
             if r["status"] != "ok":
-                lines.append(f"| {name} | – | – | failed: {r['reason'][:160]} | – | – | – | – |")
+                lines.append(f"| {name} | – | – | {_short_reason(r['reason'])} | – | – | – | – |")
                 continue
             mark = "" if r.get("within_tolerance", True) else " †"
             if r.get("finetune_mkldnn") is False:
@@ -1031,17 +1050,76 @@ def make_plots(docs: list[dict], outdir: Path) -> list[Path]:
     return written
 
 
+def _where(items: list[tuple[str, float]]) -> str:
+    """'ResNet-20 at 50/33%; VGG-16 at 25%' from (model label, target) pairs, in the order given."""
+    by: dict[str, list[float]] = {}
+    for label, t in items:
+        by.setdefault(label, []).append(t)
+    return "; ".join(f"{label} at {'/'.join(f'{100 * t:.0f}' for t in ts)}%" for label, ts in by.items())
+
+
+def _best_of(rows: list[dict], methods: tuple[str, ...]) -> dict | None:
+    cands = [r for r in rows if r["status"] == "ok" and r["method"] in methods and _ft(r)]
+    return max(cands, key=lambda r: _ft(r)[0]) if cands else None
+
+
+SAME_REFIT = (("ours.hierarchical+compensate", "ours.hierarchical+compensate+exceed"), ("ours.l1+compensate",))
+
+
+def same_refit_verdicts(doc: dict) -> list[dict]:
+    """Selection against selection under the same refit: hierarchical + compensate vs L1 + compensate.
+
+    Both refit the kept weights the same way (``recover='compensate'``), so the difference is the choice of
+    channels and per-layer budgets alone.
+    """
+    out = []
+    for t in _targets(doc):
+        rows = _main_rows(doc, t)
+        a, b = _best_of(rows, SAME_REFIT[0]), _best_of(rows, SAME_REFIT[1])
+        if a and b:
+            out.append({"target": t, "ours": a["method"], "l1": b["method"], "verdict": compare(_ft(a), _ft(b)),
+                        "ours_ft": _ft(a)[0], "diff": _ft(a)[0] - _ft(b)[0]})
+    return out
+
+
+def round_to_finding(docs: list[dict]) -> str:
+    """Per round_to value: on how many models the mean speed-up / MAC-reduction ratio rose over no rounding."""
+    ratios: dict = {}
+    for doc in docs:
+        study = doc.get("round_to_study") or {}
+        target, methods = study.get("target"), study.get("methods", [])
+        for r in doc["rows"]:
+            if (r["method"] in methods and target is not None and abs(r["target_macs"] - target) < 1e-9
+                    and r["status"] == "ok"):
+                red = 1 / r["macs_ratio"]
+                ratios.setdefault(_label(doc), {}).setdefault(r["round_to"], []).append(
+                    [r["latency"][b]["speedup"] / red for b in ("b1", "b32")])
+    said = []
+    for rt in sorted({rt for m in ratios.values() for rt in m if rt is not None}):
+        both = [(np.mean(m[None], axis=0), np.mean(m[rt], axis=0)) for m in ratios.values() if None in m and rt in m]
+        if not both:
+            continue
+        up = [sum(after[i] > before[i] for before, after in both) for i in (0, 1)]
+        gain = [float(np.mean([after[i] - before[i] for before, after in both])) for i in (0, 1)]
+        said.append(f"round_to={rt} raised the batch-32 ratio on {up[1]} of {len(both)} models (mean change "
+                    f"{gain[1]:+.2f}) and the batch-1 ratio on {up[0]} of {len(both)} ({gain[0]:+.2f})")
+    if not said:
+        return ""
+    return ("Rounding, measured: " + "; ".join(said) + ". Each cell is two rows measured once on a shared machine, "
+            "so single differences are noise-level; the accuracy column shows what the coarser counts cost before "
+            "any fine-tune.")
+
+
 def closing_note(docs: list[dict]) -> str:
     """Plain statement of where chanprune wins, ties and loses, plus facts the JSON shows about the peers."""
-    buckets: dict[str, dict[str, list[str]]] = {"ft": {}, "no_ft": {}, "ft_plain": {}, "no_ft_plain": {}}
+    buckets: dict[str, dict[str, list[tuple[str, float]]]] = {"ft": {}, "no_ft": {}, "ft_plain": {}, "no_ft_plain": {}}
     for doc in docs:
         for plain in (False, True):
             for v in verdicts(doc, plain):
                 for kind in ("ft", "no_ft"):
                     if kind in v:
-                        x = v[kind]
-                        buckets[kind + ("_plain" if plain else "")].setdefault(x["verdict"], []).append(
-                            f"{_label(doc)} at {100 * v['target']:.0f}% ({x['ours']} vs {x['tp']})")
+                        buckets[kind + ("_plain" if plain else "")].setdefault(v[kind]["verdict"], []).append(
+                            (_label(doc), v["target"]))
     lines = []
     for kind, title in (("ft", "After the short fine-tune"), ("no_ft", "Without fine-tuning (BN re-estimated)"),
                         ("ft_plain", "Without weight compensation, after the fine-tune"),
@@ -1049,9 +1127,29 @@ def closing_note(docs: list[dict]) -> str:
         b = buckets[kind]
         if not b:
             continue
-        said = [f"chanprune **{w}s** at {'; '.join(b[w])}" if w != "loss" else f"chanprune **loses** at {'; '.join(b[w])}"
+        said = [f"chanprune **{'loses' if w == 'loss' else w + 's'}** at {_where(b[w])}"
                 for w in ("win", "tie", "loss") if b.get(w)]
         lines.append(f"{title}: " + ". ".join(said) + ".")
+    same = {w: [] for w in ("win", "tie", "loss")}
+    parts = []  # (margin over Torch-Pruning's best, of which from the selection), fine-tuned points
+    for doc in docs:
+        tp_best = {v["target"]: v["ft"]["tp_acc"][0] for v in verdicts(doc) if "ft" in v}
+        for v in same_refit_verdicts(doc):
+            same[v["verdict"]].append((_label(doc), v["target"]))
+            if v["target"] in tp_best:
+                parts.append((v["ours_ft"] - tp_best[v["target"]], v["diff"]))
+    if parts:
+        margin, selection = np.mean(parts, axis=0)
+        lines.append("Same refit, different selection (hierarchical + compensate against uniform L1 + compensate, "
+                     "both `recover='compensate'`), fine-tuned: "
+                     + "; ".join(f"{_plural(len(same[w]), w)}" + (f" ({_where(same[w])})" if same[w] else "")
+                                 for w in ("win", "tie", "loss"))
+                     + f". Over these {len(parts)} rows hierarchical + compensate leads Torch-Pruning's best by "
+                       f"{margin:+.2f} points on average, of which {selection:+.2f} come from its selection and "
+                       f"{margin - selection:+.2f} from the refit, which any selection can use.")
+    rt = round_to_finding(docs)
+    if rt:
+        lines.append(rt)
     hess = [r for d in docs for r in d["rows"] if r["method"] == "tp.hessian" and r["status"] == "ok"
             and r.get("info", {}).get("hessian_samples_accumulated") is not None]
     if hess:
@@ -1141,9 +1239,7 @@ def render_markdown(docs: list[dict], plots: list[Path] | None = None, root: Pat
                  f"they are (no `recover='compensate'`, not {', '.join(COMPENSATING)}), i.e. channel *selection* against "
                  "channel selection:")
         parts.append(title + "\n\n" + "\n".join(vlines) + "\n\n"
-                     f"Tally, fine-tuned: {tally['ft']['win']} wins, {tally['ft']['tie']} ties, {tally['ft']['loss']} "
-                     f"losses; no fine-tune: {tally['no_ft']['win']} wins, {tally['no_ft']['tie']} ties, "
-                     f"{tally['no_ft']['loss']} losses.")
+                     f"Tally, fine-tuned: {_tally(tally['ft'])}; no fine-tune: {_tally(tally['no_ft'])}.")
     for doc in docs:
         parts.append(model_tables(doc))
     parts.append("**Hardware-aware channel counts** (`round_to`, at "

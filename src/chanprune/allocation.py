@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .cost import CostModel
+from .cost import COST_NAMES, CostModel
 from .errors import PruneError
 from .graph import resolve_round_to
 
@@ -76,7 +76,7 @@ def search(
     full = cost.ratio(widths(hi), kind)
     if full > target * (1 + tolerance):
         raise PruneError(
-            f"the target of {target:.1%} of the {kind.upper() if kind == 'macs' else kind} cannot be reached: "
+            f"the target of {target:.1%} of the {COST_NAMES[kind]} cannot be reached: "
             f"the smallest model this allocation allows keeps {full:.1%}; ask for a larger target or allow more pruning."
         )
     if cost.ratio(widths(lo), kind) <= target:

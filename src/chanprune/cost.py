@@ -33,6 +33,9 @@ def _output_only(module: nn.Module) -> bool:
     return isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == module.in_channels == module.out_channels
 
 
+COST_NAMES = {"macs": "MACs", "params": "params"}  # how a target's kind is written in messages
+
+
 def count(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
     """(MACs, params) of the model as it is, by Torch-Pruning's counter."""
     macs, params = tp.utils.count_ops_and_params(model, example_inputs)

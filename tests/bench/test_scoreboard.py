@@ -173,9 +173,9 @@ def test_verdicts_and_markdown(sb, tmp_path):
     plots = sb.make_plots([doc], tmp_path)
     assert all(p.exists() and p.stat().st_size > 1000 for p in plots) and len(plots) == 2
     md = sb.render_markdown([doc], plots, tmp_path)
-    assert "| ours.hierarchical |" in md and "(tie)" in md and "failed: PruneError: nope" in md
-    assert "1 wins, 1 ties, 1 losses" not in md  # tallies count per target: 0.5 tie, 0.33 loss on FT
-    assert "fine-tuned: 0 wins, 1 ties, 1 losses" in md
+    assert "| ours.hierarchical |" in md and "(tie)" in md and "refused: nope" in md
+    assert "1 win, 1 tie, 1 loss;" not in md  # tallies count per target: 0.5 tie, 0.33 loss on FT
+    assert "fine-tuned: 0 wins, 1 tie, 1 loss;" in md
     assert "round_to" in md and "| 8 |" in md
     assert "Not measured yet" in md  # the other models and methods are listed as missing
 
@@ -191,3 +191,43 @@ def test_plain_verdicts_leave_out_compensating_rows(sb):
     assert sb.verdicts(doc)[0]["ft"]["ours"] == "ours.cp" and sb.verdicts(doc)[0]["ft"]["verdict"] == "win"
     v = sb.verdicts(doc, plain=True)[0]
     assert v["ft"]["ours"] == "ours.hierarchical" and v["ft"]["verdict"] == "loss" and v["no_ft"]["verdict"] == "loss"
+
+
+def test_short_reason_tells_a_refusal_from_a_crash(sb):
+    refusal = ("OverPruneError: the target keeps 33.0% of the MACs, but the analysis says at most 66.6% can be "
+               "removed; ask for a target of at least 33.4%, or pass allow_exceed=True.")
+    assert sb._short_reason(refusal) == ("refused: the target keeps 33.0% of the MACs, but the analysis says at most "
+                                         "66.6% can be removed")
+    assert sb._short_reason("RuntimeError: boom (at conv.py:3)") == "failed: boom (at conv.py:3)"
+
+
+def test_same_refit_verdicts_split_the_margin(sb):
+    """Selection vs selection under one refit; the closing note splits the lead into selection and refit parts."""
+    rows = [_row("ours.hierarchical+compensate", "chanprune", 0.5, 86.0, std=0.1),
+            _row("ours.l1+compensate", "chanprune", 0.5, 85.0, std=0.1),
+            _row("tp.l1", "torch-pruning", 0.5, 80.0, std=0.1),
+            _row("ours.hierarchical+compensate", "chanprune", 0.33, None, status="failed"),
+            _row("ours.hierarchical+compensate+exceed", "chanprune", 0.33, 70.0, std=0.5),
+            _row("ours.l1+compensate", "chanprune", 0.33, 70.3, std=0.1),
+            _row("tp.l1", "torch-pruning", 0.33, 60.0, std=0.1)]
+    doc = _doc(sb, rows)
+    v = {x["target"]: x for x in sb.same_refit_verdicts(doc)}
+    assert v[0.5]["verdict"] == "win" and v[0.5]["diff"] == pytest.approx(1.0)
+    assert v[0.33]["ours"] == "ours.hierarchical+compensate+exceed" and v[0.33]["verdict"] == "tie"
+    note = sb.closing_note([doc])
+    # margins 6.0 and 10.0 (mean 8.0); selection +1.0 and -0.3 (mean 0.35); refit the rest
+    assert "1 win (" in note and "1 tie (" in note and "0 losses" in note
+    assert "by +8.00 points on average, of which +0.35 come from its selection and +7.65 from the refit" in note
+
+
+def test_round_to_finding_counts_models_where_the_ratio_rose(sb):
+    def rt_row(method, rt, macs, s1, s32):
+        r = _row(method, "chanprune" if method.startswith("ours") else "torch-pruning", 0.5, None, round_to=rt)
+        r.update(macs_ratio=macs, latency={"b1": {"speedup": s1}, "b32": {"speedup": s32}})
+        return r
+    doc = _doc(sb, [rt_row("ours.hierarchical", None, 0.5, 1.2, 1.2), rt_row("ours.hierarchical", 8, 0.5, 1.0, 1.6),
+                    rt_row("tp.l1", None, 0.5, 1.2, 1.2), rt_row("tp.l1", 8, 0.5, 1.0, 1.6)])
+    text = sb.round_to_finding([doc])
+    # ratios: b1 0.6 -> 0.5, b32 0.6 -> 0.8 on the one model
+    assert "round_to=8 raised the batch-32 ratio on 1 of 1 models (mean change +0.20)" in text
+    assert "the batch-1 ratio on 0 of 1 (-0.10)" in text

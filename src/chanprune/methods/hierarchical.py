@@ -21,6 +21,7 @@ from .. import allocation as alloc
 from ..analysis.effective import AnalysisConfig, analyze
 from ..api import PruneSession, register_method
 from ..config import PruneConfig
+from ..cost import COST_NAMES
 from ..criteria.magnitude import l1
 from ..errors import ConfigError, OverPruneError
 from ..graph import resolve_round_to
@@ -148,7 +149,7 @@ def hierarchical_planner(session: PruneSession) -> dict[int, list[int]]:
         most = result.max_compression_macs if kind == "macs" else result.max_compression_params
         if 1 - value > most + 1e-9 and not cfg.allow_exceed:
             raise OverPruneError(
-                f"the target keeps {value:.1%} of the {kind}, but the analysis says at most {most:.1%} can be removed "
+                f"the target keeps {value:.1%} of the {COST_NAMES[kind]}, but the analysis says at most {most:.1%} can be removed "
                 f"(every layer keeps its effective filters); ask for a target of at least {1 - most:.1%}, "
                 "or pass allow_exceed=True to prune beyond the analysis."
             )
