@@ -136,11 +136,11 @@ def effective_section() -> str:
 
 def results_section() -> str:
     """The scoreboard (bench/scoreboard.py): tables from bench/results/scoreboard_*.json, plots to bench/plots/."""
-    import scoreboard  # bench/scoreboard.py, next to this file
+    import scoreboard_report as report  # bench/scoreboard_report.py, next to this file
 
-    docs = scoreboard.load_docs(RESULTS)
-    plots = scoreboard.make_plots(docs, ROOT / "bench" / "plots") if docs else []
-    return scoreboard.render_markdown(docs, plots, ROOT)
+    docs = report.load_docs(RESULTS)
+    plots = report.make_plots(docs, ROOT / "bench" / "plots") if docs else []
+    return report.render_markdown(docs, plots, ROOT)
 
 
 def trp_section() -> str:

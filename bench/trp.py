@@ -22,7 +22,7 @@ For one shipped Fashion-MNIST checkpoint:
                  32, medians over rounds).
 Accuracy is on a fixed stratified 2,000-image subset of the test split (seed 0). Each finished row is written
 to the JSON at once and skipped when the script is run again (models under runs/bench_trp/), so a killed run
-resumes. Run it through /work/cpu_slot (1 thread).
+resumes. Run it with OMP_NUM_THREADS=1 so its timings match the other benchmarks (1 thread).
 
 Workaround, recorded in the JSON: the Fashion-MNIST training loader yields 1-channel batches with strides
 (784, 1, 28, 1) (they also look channels-last), with which oneDNN's conv backward can corrupt the heap
