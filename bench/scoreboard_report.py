@@ -13,7 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from scoreboard import EXTENDED, FULL_MODEL, MODELS, RESULTS, ROOT, ROUND_TO, TARGETS, all_methods, row_key
+from scoreboard import (EXTENDED, FULL_MODEL, MODELS, OURS_FALLBACKS, RESULTS, ROOT, ROUND_TO, TARGETS, all_methods,
+                        row_key)
+
+PARENT = {fid: parent for fid, _, _, parent in OURS_FALLBACKS}  # fallback row → the method it stands in for
 
 
 MODEL_LABEL = {"resnet20": "ResNet-20", "resnet56": "ResNet-56", "vgg16_bn": "VGG-16-BN", "mobilenetv2": "MobileNetV2"}
@@ -245,12 +248,17 @@ def make_plots(docs: list[dict], outdir: Path) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         ax.set_prop_cycle(color=plt.cm.tab20.colors)
-        for method in sorted({r["method"] for r in rows}):
-            pts = sorted((r["macs_ratio"], *_ft(r)) for r in rows if r["method"] == method)
-            x, y, e = (np.asarray(v) for v in zip(*pts))
+        line_of = lambda m: PARENT.get(m, m)  # noqa: E731  (a +exceed row continues its parent's line)
+        for method in sorted({line_of(r["method"]) for r in rows}):
+            pts = sorted((r["macs_ratio"], *_ft(r), r["method"] != method) for r in rows if line_of(r["method"]) == method)
+            x, y, e, beyond = (np.asarray(v) for v in zip(*pts))
             ours = method.startswith("ours.")
-            ax.errorbar(100 * x, y, yerr=e, marker="o" if ours else "s", linestyle="-" if ours else "--",
-                        linewidth=2 if ours else 1, markersize=4, capsize=2, label=method)
+            bar = ax.errorbar(100 * x, y, yerr=e, marker="o" if ours else "s", linestyle="-" if ours else "--",
+                              linewidth=2 if ours else 1, markersize=4, capsize=2,
+                              label=method + (" (hollow: allow_exceed)" if beyond.any() else ""))
+            if beyond.any():  # past the analysed maximum: the same line, hollow markers
+                ax.scatter(100 * x[beyond], y[beyond], s=40, facecolors="white", edgecolors=bar[0].get_color(),
+                           zorder=3)
         ax.axhline(doc["dense"]["accuracy"], color="k", linewidth=0.8, linestyle=":", label="dense")
         ax.set_xlabel("MACs kept (%)")
         ax.set_ylabel("test accuracy after the short fine-tune (%)")
