@@ -342,11 +342,12 @@ def _jsonable(x):
 class Context:
     """One model and data set, with everything every row shares."""
 
-    def __init__(self, model_name: str, data_name: str, folder: str, recipe: dict):
+    def __init__(self, model_name: str, data_name: str, folder: str, recipe: dict, finetune_device: str = "cpu"):
         import chanprune
         from chanprune.measurement import count_macs_params
 
         self.model_name, self.data_name, self.folder, self.recipe = model_name, data_name, folder, recipe
+        self.finetune_device = finetune_device  # only the fine-tune may move; pruning, accuracy, latency stay on CPU
         self.data = chanprune.load_data(data_name)
         self.dense = chanprune.load(ROOT / "checkpoints" / folder / "model").eval()
         self.num_classes = self.data.num_classes
@@ -380,10 +381,10 @@ class Context:
         t0 = time.perf_counter()
         finetune(m, self.data, epochs=ft["epochs"], lr=ft["lr"], schedule=ft["schedule"], batch_size=ft["batch_size"],
                  momentum=ft["momentum"], nesterov=ft["nesterov"], weight_decay=ft["weight_decay"],
-                 augment=ft["augment"], limit_train=ft["train_images"], seed=seed, device="cpu",
+                 augment=ft["augment"], limit_train=ft["train_images"], seed=seed, device=self.finetune_device,
                  progress=False, eval_each_epoch=False)
         seconds = time.perf_counter() - t0
-        return self.accuracy(m.eval()), seconds
+        return self.accuracy(m.cpu().eval()), seconds
 
     def latency(self, model: nn.Module) -> dict:
         from chanprune.measurement import latency
@@ -396,6 +397,13 @@ class Context:
 
 
 # ------------------------------------------------------------------------------------------ results file
+
+def device_name(device: str) -> str:
+    """'cpu', or 'cuda (<GPU name>)' so the README can say which fine-tunes ran where."""
+    if not str(device).startswith("cuda"):
+        return "cpu"
+    return f"cuda ({torch.cuda.get_device_name(torch.device(device))})"
+
 
 def versions() -> dict:
     import chanprune
@@ -514,6 +522,7 @@ def run_row(ctx: Context, method: Method, target: float, round_to: int | None, f
         finally:
             torch.backends.mkldnn.enabled = before
         row["finetune_mkldnn"] = mkldnn_finetune
+        row["finetune_device"] = device_name(getattr(ctx, "finetune_device", "cpu"))
         row["accuracy_ft"] = {"seeds": list(ctx.recipe["seeds"]), "values": accs, "mean": float(np.mean(accs)),
                               "std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0}
         row["finetune_seconds"] = secs
@@ -578,6 +587,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--max-attempts", type=int, default=3,
                    help="a row whose process died this many times is recorded as failed (default 3; every attempt "
                         "after the first fine-tunes with oneDNN disabled)")
+    p.add_argument("--finetune-device", default="cpu",
+                   help="where the fine-tunes run: cpu (default), cuda[:N] or auto; pruning, accuracy and latency "
+                        "always run on the CPU, and each row records its fine-tune device")
     p.add_argument("--supervise", action="store_true",
                    help="run the benchmark in a child process and restart it after an abort (e.g. a native crash)")
     return p.parse_args(argv)
@@ -623,6 +635,13 @@ def main(argv=None) -> int:
     args = parse(argv)
     if args.supervise:
         return supervise(argv)
+    from chanprune.engine.evaluate import resolve_device
+    from chanprune.errors import ChanpruneError
+    try:
+        finetune_device = str(resolve_device(args.finetune_device))
+    except ChanpruneError as exc:
+        print(f"--finetune-device: {exc}", file=sys.stderr)
+        return 2
     import signal
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
@@ -694,7 +713,7 @@ def main(argv=None) -> int:
                         print(f"{folder:28s} {k:48s} {'done' if k in done else ('if needed' if m.fallback_for else 'todo')}")
             continue
         t_model = time.perf_counter()
-        ctx = Context(model_name, data_name, folder, recipe)
+        ctx = Context(model_name, data_name, folder, recipe, finetune_device)
         header = {"model": model_name, "data": data_name, "checkpoint": f"checkpoints/{folder}",
                   "model_kwargs": ctx.model_kwargs, "quick": args.quick, "recipe": recipe,
                   "round_to_study": round_cfg, "versions": versions(),

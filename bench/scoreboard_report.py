@@ -171,6 +171,8 @@ def model_tables(doc: dict) -> str:
             mark = "" if r.get("within_tolerance", True) else " †"
             if r.get("finetune_mkldnn") is False:
                 name += " ‡"
+            if r.get("finetune_device", "cpu") != "cpu":
+                name += " ◊"
             nf = f"{r['accuracy_before_bn']:.2f} → {r['accuracy_no_ft']:.2f}"
             if r["accuracy_no_ft"] == nf_best:
                 nf = f"{r['accuracy_before_bn']:.2f} → **{r['accuracy_no_ft']:.2f}**"
@@ -422,6 +424,11 @@ def render_markdown(docs: list[dict], plots: list[Path] | None = None, root: Pat
     rec = docs[0]["recipe"]
     ft = rec["finetune"]
     ver = docs[0]["versions"]
+    ft_rows = [r for d in docs for r in d["rows"] if _ft(r)]
+    gpu = sorted({r["finetune_device"] for r in ft_rows if r.get("finetune_device", "cpu") != "cpu"})
+    where = (f"Fine-tunes ran on the CPU except those marked ◊ ({sum(r.get('finetune_device', 'cpu') != 'cpu' for r in ft_rows)} "
+             f"of {len(ft_rows)} rows, on {', '.join(gpu)}); pruning, accuracy and latency always on the CPU"
+             if gpu else "Everything, fine-tunes included, ran on the CPU (no GPU was used)")
     parts = [
         f"Protocol (the same for every method; from `{docs[0]['_file']}` and its siblings): "
         f"{rec['calibration_images']} calibration images (stratified seed-{rec['calibration_seed']} subset of the "
@@ -441,10 +448,9 @@ def render_markdown(docs: list[dict], plots: list[Path] | None = None, root: Pat
         f"backward, torch 2.13 CPU), so the row was re-run with its fine-tune under "
         f"`torch.backends.mkldnn.enabled = False`. "
         f"Versions: torch {ver['torch']}, torch-pruning {ver['torch_pruning']}, chanprune {ver['chanprune']}, "
-        f"CPU {ver['cpu']}. Everything ran on this project's shared 2-core CPU machine (no GPU), so "
-        f"latencies are noisy.",
-        f"Compute: {sum(r.get('row_seconds') or 0 for d in docs for r in d['rows']) / 3600:.1f} CPU-core-hours over "
-        f"{sum(len(d['rows']) for d in docs)} rows (the sum of their wall times, one core per process; no GPU was lent). "
+        f"CPU {ver['cpu']}. {where}; latencies are from a shared 2-core machine and are noisy.",
+        f"Compute: {sum(r.get('row_seconds') or 0 for d in docs for r in d['rows']) / 3600:.1f} hours over "
+        f"{sum(len(d['rows']) for d in docs)} rows (the sum of their wall times, one CPU core per process). "
         f"Priority while compute was short, most informative rows first: every method at "
         f"every target on `{FULL_MODEL}` and, on the other models in the order "
         f"{', '.join(f'`{m[2]}`' for m in MODELS if m[2] != FULL_MODEL)}, the core methods at "

@@ -119,3 +119,10 @@ def test_waiting_for_a_row_blocks_until_its_holder_is_done(sb, tmp_path):
     t.join(5)
     assert waited and waited[0] is not None
     waited[0].close()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where CUDA is missing")
+def test_missing_cuda_for_the_fine_tunes_is_one_clear_line(sb, capsys):
+    assert sb.main(["--finetune-device", "cuda", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("--finetune-device:") and "CUDA is not available" in err and "\n" not in err

@@ -100,3 +100,13 @@ def test_round_to_finding_counts_models_where_the_ratio_rose(sb, report):
     # ratios: b1 0.6 -> 0.5, b32 0.6 -> 0.8 on the one model
     assert "round_to=8 raised the batch-32 ratio on 1 of 1 models (mean change +0.20)" in text
     assert "the batch-1 ratio on 0 of 1 (-0.10)" in text
+
+
+def test_fine_tune_device_is_reported(sb, report):
+    cpu = _doc(sb, [_row("ours.hierarchical", "chanprune", 0.5, 85.0), _row("tp.l1", "torch-pruning", 0.5, 84.0)])
+    assert "fine-tunes included, ran on the CPU" in report.render_markdown([cpu])
+    gpu_row = _row("tp.l2", "torch-pruning", 0.5, 83.0)
+    gpu_row["finetune_device"] = "cuda (Test GPU)"
+    md = report.render_markdown([_doc(sb, cpu["rows"] + [gpu_row])])
+    assert "| tp.l2 ◊ |" in md and "| tp.l1 |" in md
+    assert "except those marked ◊ (1 of 3 rows, on cuda (Test GPU))" in md
