@@ -334,6 +334,17 @@ def same_refit_verdicts(doc: dict) -> list[dict]:
     return out
 
 
+def hierarchical_standing(doc: dict, t: float) -> tuple[str | None, str | None, float]:
+    """Hierarchical + compensate against the best other chanprune row at target t: (verdict, best other, its lead)."""
+    rows = [r for r in _main_rows(doc, t) if r["family"] == "chanprune"]
+    ours = _best_of(rows, SAME_REFIT[0])
+    others = [r for r in rows if r["status"] == "ok" and _ft(r) and r["method"] not in SAME_REFIT[0]]
+    if ours is None or not others:
+        return None, None, 0.0
+    best = max(others, key=lambda r: _ft(r)[0])
+    return compare(_ft(ours), _ft(best)), best["method"], _ft(best)[0] - _ft(ours)[0]
+
+
 def round_to_finding(docs: list[dict]) -> str:
     """Per round_to value: on how many models the mean speed-up / MAC-reduction ratio rose over no rounding."""
     ratios: dict = {}
@@ -399,6 +410,14 @@ def closing_note(docs: list[dict]) -> str:
                      + f". Over these {len(parts)} rows hierarchical + compensate leads Torch-Pruning's best by "
                        f"{margin:+.2f} points on average, of which {selection:+.2f} come from its selection and "
                        f"{margin - selection:+.2f} from the refit, which any selection can use.")
+    standing = [(doc, t, *hierarchical_standing(doc, t)) for doc in docs for t in _targets(doc)]
+    standing = [x for x in standing if x[2] is not None]
+    if standing:
+        behind = [f"{_label(doc)} at {100 * t:.0f}% ({best} leads by {lead:.2f})" for doc, t, verdict, best, lead
+                  in standing if verdict == "loss"]
+        lines.append(f"Among chanprune's own rows, fine-tuned, hierarchical + compensate is the best or within the "
+                     f"seed spread of the best at {len(standing) - len(behind)} of {len(standing)} model × target "
+                     "cells" + (f"; behind at {'; '.join(behind)}." if behind else "."))
     rt = round_to_finding(docs)
     if rt:
         lines.append(rt)

@@ -110,3 +110,14 @@ def test_fine_tune_device_is_reported(sb, report):
     md = report.render_markdown([_doc(sb, cpu["rows"] + [gpu_row])])
     assert "| tp.l2 ◊ |" in md and "| tp.l1 |" in md
     assert "except those marked ◊ (1 of 3 rows, on cuda (Test GPU))" in md
+
+
+def test_hierarchical_standing_names_the_row_ahead(sb, report):
+    rows = [_row("ours.hierarchical+compensate", "chanprune", 0.5, 80.0, std=0.1),
+            _row("ours.cap", "chanprune", 0.5, 81.0, std=0.2), _row("tp.l1", "torch-pruning", 0.5, 70.0),
+            _row("ours.hierarchical+compensate", "chanprune", 0.33, 75.0, std=0.5),
+            _row("ours.cp", "chanprune", 0.33, 75.3, std=0.1)]
+    doc = _doc(sb, rows)
+    assert report.hierarchical_standing(doc, 0.5) == ("loss", "ours.cap", pytest.approx(1.0))
+    assert report.hierarchical_standing(doc, 0.33)[0] == "tie"
+    assert "best or within the seed spread of the best at 1 of 2" in report.closing_note([doc])
