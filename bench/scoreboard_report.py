@@ -185,6 +185,19 @@ def model_tables(doc: dict) -> str:
     return "\n\n".join(parts)
 
 
+def _study_rows(doc: dict) -> list[dict]:
+    """The finished rows of the round_to study (its methods at its target, every round_to value)."""
+    study = doc.get("round_to_study") or {}
+    target, methods = study.get("target"), study.get("methods", [])
+    return [r for r in doc["rows"] if r["method"] in methods and target is not None
+            and abs(r["target_macs"] - target) < 1e-9 and r["status"] == "ok"]
+
+
+def _speedup_per_reduction(r: dict) -> tuple[float, float]:
+    """Measured speed-up / MAC reduction at batch 1 and 32 (1.0: the speed-up equals the MAC reduction)."""
+    return tuple(r["latency"][b]["speedup"] * r["macs_ratio"] for b in ("b1", "b32"))
+
+
 def round_to_table(docs: list[dict]) -> str:
     lines = ["| model | method | round_to | MACs kept | MAC reduction | speed-up b1 | speed-up b32 | "
              "b1 speed-up / MAC reduction | b32 speed-up / MAC reduction | acc. no FT |",
@@ -192,18 +205,14 @@ def round_to_table(docs: list[dict]) -> str:
     summary = ["| model | round_to | rows | mean b1 ratio | mean b32 ratio |", "|---|---|---|---|---|"]
     any_rows = False
     for doc in docs:
-        study = doc.get("round_to_study") or {}
-        target, methods = study.get("target"), study.get("methods", [])
-        rows = [r for r in doc["rows"] if r["method"] in methods and target is not None
-                and abs(r["target_macs"] - target) < 1e-9 and r["status"] == "ok"]
         by_rt: dict = {}
-        for r in sorted(rows, key=lambda r: (r["method"], r["round_to"] or 0)):
+        for r in sorted(_study_rows(doc), key=lambda r: (r["method"], r["round_to"] or 0)):
             any_rows = True
-            red = 1 / r["macs_ratio"]
             s1, s32 = r["latency"]["b1"]["speedup"], r["latency"]["b32"]["speedup"]
-            by_rt.setdefault(r["round_to"], []).append((s1 / red, s32 / red))
+            q1, q32 = _speedup_per_reduction(r)
+            by_rt.setdefault(r["round_to"], []).append((q1, q32))
             lines.append(f"| {_label(doc)} | {r['method']} | {r['round_to'] or 'none'} | {100 * r['macs_ratio']:.1f}% | "
-                         f"{red:.2f}× | {s1:.2f}× | {s32:.2f}× | {s1 / red:.2f} | {s32 / red:.2f} | "
+                         f"{1 / r['macs_ratio']:.2f}× | {s1:.2f}× | {s32:.2f}× | {q1:.2f} | {q32:.2f} | "
                          f"{r['accuracy_no_ft']:.2f} |")
         for rt in sorted(by_rt, key=lambda x: x or 0):
             v = np.asarray(by_rt[rt])
@@ -349,14 +358,8 @@ def round_to_finding(docs: list[dict]) -> str:
     """Per round_to value: on how many models the mean speed-up / MAC-reduction ratio rose over no rounding."""
     ratios: dict = {}
     for doc in docs:
-        study = doc.get("round_to_study") or {}
-        target, methods = study.get("target"), study.get("methods", [])
-        for r in doc["rows"]:
-            if (r["method"] in methods and target is not None and abs(r["target_macs"] - target) < 1e-9
-                    and r["status"] == "ok"):
-                red = 1 / r["macs_ratio"]
-                ratios.setdefault(_label(doc), {}).setdefault(r["round_to"], []).append(
-                    [r["latency"][b]["speedup"] / red for b in ("b1", "b32")])
+        for r in _study_rows(doc):
+            ratios.setdefault(_label(doc), {}).setdefault(r["round_to"], []).append(_speedup_per_reduction(r))
     said = []
     for rt in sorted({rt for m in ratios.values() for rt in m if rt is not None}):
         both = [(np.mean(m[None], axis=0), np.mean(m[rt], axis=0)) for m in ratios.values() if None in m and rt in m]
