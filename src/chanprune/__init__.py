@@ -21,6 +21,8 @@ _EXPORTS = {
     "load_data": "chanprune.data",
     "list_datasets": "chanprune.data",
     "prune": "chanprune.api",
+    "register_method": "chanprune.methods",
+    "register_planner": "chanprune.methods",
     "evaluate": "chanprune.engine",
     "train": "chanprune.engine",
     "finetune": "chanprune.engine",

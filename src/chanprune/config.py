@@ -90,6 +90,7 @@ class CriterionConfig(PruneConfig):
     """Score channels with a criterion, remove the lowest under the chosen allocation."""
 
     method: ClassVar[str] = "criterion"
+    generic: ClassVar[bool] = True  # not listed by name in chanprune.methods.METHODS: the criterion names it
     criterion: str = "l1"
 
     def __post_init__(self):

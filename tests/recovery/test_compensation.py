@@ -6,7 +6,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import chanprune
-from chanprune.api import PruneSession, criterion_planner
+from chanprune.methods import PruneSession
+from chanprune.methods.criterion import criterion_planner
 from chanprune.config import L1Config
 from chanprune.graph import PruningGraph
 from chanprune.recovery import (

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from .._atomic import write_text_atomic
+from ..calibration import as_batches
 from ..cost import CostModel
 from ..errors import AnalysisError, ConfigError
 from ..graph import PruningGraph
@@ -230,12 +231,6 @@ def _network_rates(cost: CostModel, keep: list[int]) -> tuple[float, float]:
     return 1 - macs / cost.macs, 1 - params / cost.params
 
 
-def _batches(data, samples: int, batch_size: int, seed: int):
-    from ..api import _as_batches
-
-    return _as_batches(data, samples, batch_size, seed)
-
-
 def analyze(model: nn.Module, data, config: AnalysisConfig | None = None, *, example_inputs: torch.Tensor | None = None,
             graph: PruningGraph | None = None) -> AnalysisResult:
     """Effective filters k_l, maximum rates ρ_l^max and the network's R_max (methods.md §1).
@@ -249,7 +244,7 @@ def analyze(model: nn.Module, data, config: AnalysisConfig | None = None, *, exa
     if model.training:
         raise AnalysisError("the model is in train mode, so BatchNorm mixes samples and per-sample gradients are wrong; call model.eval() first.")
     t0 = time.perf_counter()
-    batches = _batches(data, config.samples, config.batch_size, config.seed)
+    batches = as_batches(data, config.samples, config.batch_size, config.seed)
     if not batches:
         raise AnalysisError("no calibration images were given; pass data=a DataBundle or (images, labels) with at least one image.")
     if example_inputs is None:

@@ -1,2 +1,8 @@
-"""Pruning methods: each a short planner composing the shared primitives in its paper's order."""
-from . import cap, cp, hierarchical  # noqa: F401  (registration)
+"""Pruning methods: each a short module composing the shared primitives in its paper's order.
+
+Importing this package registers every method (:mod:`.registry`); a new method is one module here
+plus its line below.
+"""
+from .registry import METHODS, handler_for, register_method  # noqa: F401
+from .pipeline import PruneSession, register_planner, run_pipeline  # noqa: F401
+from . import criterion, hierarchical, cp, cap  # noqa: F401  (registration)

@@ -35,13 +35,13 @@ from typing import ClassVar, Sequence
 import torch
 
 from .. import allocation as alloc
-from ..api import PruneSession, register_method
 from ..config import PruneConfig
 from ..errors import ConfigError
 from ..graph import resolve_round_to
 from ..recovery.compensation import clean_cov, apply_compensation, compensate_model, is_residual, ridge_scale
 from ..recovery.stats import Moments, columns, consumer_moments, supported, weight_matrix
 from ..surgery import mask_hooks, mask_sites
+from .pipeline import PruneSession, register_planner
 
 
 @dataclass
@@ -406,6 +406,7 @@ def _stepwise_search(session, cfg, cands, rankings, moments):
     return session.allocate(_no_revival(widths, keep)), rankings, r  # raises: the target is out of reach
 
 
+@register_planner(CaPConfig)
 def cap_planner(session: PruneSession) -> dict[int, list[int]]:
     cfg: CaPConfig = session.config
     if not session.batches:
@@ -486,5 +487,3 @@ def _match_channels(widths, channels, ratio: float) -> list[int]:
             hi = mid
     return widths(hi) if ratio > 0 else list(channels)
 
-
-register_method(CaPConfig, cap_planner)

@@ -62,13 +62,13 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from .. import allocation as alloc
-from ..api import PruneSession, register_method
 from ..config import PruneConfig
 from ..errors import ConfigError
 from ..recovery.compensation import Compensation, NormFolds, is_residual, kept_channels, write_consumer
 from ..recovery.lstsq import lstsq_refit
 from ..recovery.stats import columns, consumer_rows, patches, sample_positions, supported, weight_matrix
 from ..surgery import mask_hooks, mask_sites
+from .pipeline import PruneSession, register_planner
 
 
 @dataclass
@@ -678,6 +678,7 @@ def _refit(module, X, Y, kept_in, cfg: CPConfig):
     return w_new, b_new, float(resid.pow(2).sum() / spread)
 
 
+@register_planner(CPConfig)
 def cp_planner(session: PruneSession) -> dict[int, list[int]]:
     cfg: CPConfig = session.config
     if not session.batches:
@@ -787,5 +788,3 @@ def cp_planner(session: PruneSession) -> dict[int, list[int]]:
     session.post_surgery.append(write_refits)
     return plan
 
-
-register_method(CPConfig, cp_planner)

@@ -12,19 +12,20 @@ Stages, in the paper's order:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
 
 from .. import allocation as alloc
 from ..analysis.effective import AnalysisConfig, analyze
-from ..api import PruneSession, register_method
 from ..config import PruneConfig
 from ..cost import COST_NAMES
 from ..criteria.magnitude import l1
 from ..errors import ConfigError, OverPruneError
 from ..graph import resolve_round_to
+from .pipeline import PruneSession, run_pipeline
+from .registry import register_method
 
 
 @dataclass
@@ -176,13 +177,15 @@ def hierarchical_planner(session: PruneSession) -> dict[int, list[int]]:
     return {g.index: sorted(order[k:]) for g, order, k in zip(session.graph.groups, orders, keep)}
 
 
-def prune_iteratively(model, config: HierarchicalConfig, data=None, example_inputs=None):
-    """K steps towards the target (geometric: the kept fraction after step s is target^(s/K)), re-analysing
-    the pruned model before each step; stops early when the analysis finds no redundancy left."""
-    from dataclasses import replace
+@register_method(HierarchicalConfig)
+def prune_hierarchical(model, config: HierarchicalConfig, data=None, example_inputs=None):
+    """The shared pipeline around :func:`hierarchical_planner`; with ``iterate`` = K > 1, K such steps.
 
-    from ..api import prune
-
+    Step s goes to the kept fraction target^(s/K) (geometric), re-analysing the pruned model before each
+    step, and stops early when the analysis finds no redundancy left.
+    """
+    if config.iterate == 1:
+        return run_pipeline(model, config, data, example_inputs, hierarchical_planner)
     kind, value = config.target
     current, reached = model, 1.0
     for step in range(1, config.iterate + 1):
@@ -190,7 +193,7 @@ def prune_iteratively(model, config: HierarchicalConfig, data=None, example_inpu
         relative = min(1.0, goal / reached)
         step_cfg = replace(config, iterate=1, target_macs=relative if kind == "macs" else None,
                            target_params=relative if kind == "params" else None)
-        nxt = prune(current, step_cfg, data, example_inputs=example_inputs)
+        nxt = run_pipeline(current, step_cfg, data, example_inputs, hierarchical_planner)
         record = nxt.chanprune_history[-1]
         record["step"] = {"index": step, "of": config.iterate, "goal": goal}
         reached *= record[kind]["ratio"]
@@ -199,6 +202,3 @@ def prune_iteratively(model, config: HierarchicalConfig, data=None, example_inpu
             record["step"]["stopped"] = "no redundancy left"
             break
     return current
-
-
-register_method(HierarchicalConfig, hierarchical_planner)

@@ -1,0 +1,152 @@
+"""The pipeline most methods share: plan → surgery → verify → recover → record.
+
+A *planner* receives a :class:`PruneSession` (a working copy of the model, its channel groups, the cost
+model and the calibration batches) and returns which root indices each group loses. :func:`run_pipeline`
+does what every such method shares around it: surgery on a copy, verification against the masked
+original, the method's own post-surgery steps (CP's and CaP's consumer refits), the configured recovery,
+and the record (MACs, params, kept fractions, timings) attached to the pruned model.
+:func:`register_planner` registers a planner as the handler of a config type.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .. import allocation as alloc
+from .. import surgery
+from ..calibration import as_batches, example_input
+from ..config import PruneConfig
+from ..cost import CostModel, count
+from ..criteria import ScoreContext
+from ..errors import ConfigError, VerificationError
+from ..graph import PruningGraph, lowest
+from .registry import Handler, register_method
+
+Planner = Callable[["PruneSession"], dict[int, list[int]]]
+
+
+class PruneSession:
+    """State shared by a planner and the common steps around it."""
+
+    def __init__(self, model: nn.Module, config: PruneConfig, data=None, example_inputs: torch.Tensor | None = None):
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"prune() needs a torch.nn.Module, got {type(model).__name__}.")
+        self.original = model
+        self.config = config
+        self.data = data
+        self.example_inputs = example_input(data, example_inputs)
+        self.batches = as_batches(data, config.calibration, config.batch_size, config.seed)
+        self.work = copy.deepcopy(model).eval()
+        self.graph = PruningGraph(self.work, self.example_inputs, ignored_layers=config.ignored_layers)
+        self.cost = CostModel(self.graph)
+        self.scores = ScoreContext(self.work, self.graph, self.batches, seed=config.seed)
+        self.search_result: alloc.SearchResult | None = None
+        self.notes: dict = {}
+        # fn(pruned) run right after the surgery (and its verification), e.g. CP's and CaP's consumer refits
+        self.post_surgery: list[Callable[[nn.Module], None]] = []
+
+    @property
+    def channels(self) -> list[int]:
+        return self.graph.widths()
+
+    def allocate(self, widths: alloc.WidthsFn) -> list[int]:
+        """Kept channels per group: widths(ratio) for a plain ratio, else the knob searched for the target."""
+        target = self.config.target
+        if target is None:
+            return widths(float(self.config.ratio))
+        kind, value = target
+        self.search_result = alloc.search(widths, self.cost, value, kind=kind, tolerance=self.config.tolerance)
+        return self.search_result.keep
+
+    def remove_lowest(self, scores: list[torch.Tensor], keep: list[int]) -> dict[int, list[int]]:
+        return {g.index: lowest(s, g.channels - k) for g, s, k in zip(self.graph.groups, scores, keep)}
+
+    def probe(self) -> torch.Tensor | None:
+        return self.batches[0][0][: surgery.PROBE_SIZE] if self.batches else None
+
+
+def run_pipeline(model: nn.Module, config: PruneConfig, data, example_inputs: torch.Tensor | None,
+                 planner: Planner) -> nn.Module:
+    """Plan with ``planner``, remove the planned channels (verified), recover, record; returns the pruned copy."""
+    t0 = time.perf_counter()
+    session = PruneSession(model, config, data, example_inputs)
+    macs0, params0 = session.cost.macs, session.cost.params
+    plan = planner(session)
+    t_plan = time.perf_counter() - t0
+    pruned, report = surgery.apply_plan(session.graph, plan, model, verify=config.verify, probe=session.probe(),
+                                        on_mismatch=config.on_mismatch)
+    if report.excluded:
+        if session.post_surgery:
+            names = [e["name"] for e in report.excluded]
+            raise VerificationError(
+                f"the surgery had to exclude group(s) {', '.join(map(repr, names))}, but {config.method} computed its refits "
+                f"for the full plan; run it again with ignored_layers={names!r}.")
+        plan = report.removed
+    # The verification above compares the surgery with the masked original; the refits below change
+    # weights on purpose, after it.
+    for step in session.post_surgery:
+        step(pruned)
+    if config.recover in ("compensate", "compensate+bn"):
+        from ..recovery import apply_compensation
+
+        session.notes["compensation"] = apply_compensation(model, pruned, session.graph, report.removed, session.batches)
+    if config.recover in ("bn", "compensate+bn"):
+        from ..engine import recalibrate_bn
+
+        recalibrate_bn(pruned, data, num_batches=config.recover_batches, batch_size=config.batch_size)
+    pruned.eval()
+    macs1, params1 = count(pruned, session.example_inputs)
+    record = {
+        "method": config.method,
+        "config": config.to_dict(),
+        "groups": [
+            {"name": g.name, "channels": g.channels, "kept": g.channels - len(plan.get(g.index, []))}
+            for g in session.graph.groups
+        ],
+        "macs": {"before": macs0, "after": macs1, "ratio": macs1 / macs0},
+        "params": {"before": params0, "after": params1, "ratio": params1 / params0},
+        "target": list(config.target) if config.target else None,
+        "verified": report.verified,
+        "verify_max_rel_error": report.max_rel_error,
+        "excluded_groups": report.excluded,
+        "seconds": {"plan": t_plan, "remove": report.remove_seconds, "verify": report.verify_seconds,
+                    "total": time.perf_counter() - t0},
+        **session.notes,
+    }
+    target = config.target
+    if target is not None:
+        kind, value = target
+        achieved = record[kind]["ratio"]
+        if abs(achieved - value) > config.tolerance * value and session.search_result is not None:
+            record["warning"] = (
+                f"landed at {achieved:.2%} of the {kind}, not within {config.tolerance:.0%} of {value:.0%}: "
+                "channel counts are too coarse for this model; try round_to=None or a nearby target."
+            )
+    history = list(getattr(model, "chanprune_history", []))
+    history.append(record)
+    pruned.chanprune_history = history
+    return pruned
+
+
+def planner_handler(planner: Planner) -> Handler:
+    """The handler that runs :func:`run_pipeline` around ``planner``."""
+
+    def handler(model, config, data=None, example_inputs=None):
+        return run_pipeline(model, config, data, example_inputs, planner)
+
+    handler.planner = planner
+    return handler
+
+
+def register_planner(config_cls: type) -> Callable[[Planner], Planner]:
+    """Decorator: ``@register_planner(MyConfig)`` prunes ``MyConfig`` by the shared pipeline around the planner."""
+
+    def deco(planner: Planner) -> Planner:
+        register_method(config_cls)(planner_handler(planner))
+        return planner
+
+    return deco
