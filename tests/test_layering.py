@@ -9,6 +9,7 @@ submodule); importing a submodule is not counted as an import of its parent pack
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -86,3 +87,20 @@ def test_the_cycle_check_sees_cycles():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     graph = import_graph()
     assert "chanprune.methods.pipeline" in graph["chanprune.methods.cp"]  # relative imports resolve
+
+
+# Torch-Pruning's internals: its DependencyGraph and nodes, and its operator classes. Only graph.py
+# (the adapter) may read them; everything else asks PruningGraph.
+TP_INTERNALS = re.compile(r"\.dg\b|module2node|_ConcatOp|_ElementWiseOp|_SplitOp|_grad_fn|\bgrad_fn\b|torch_pruning\.ops|tp\.ops"
+                          r"|from torch_pruning import ops|get_pruning_group|get_all_groups|\.outputs\b")
+
+
+def test_only_graph_reads_torch_pruning_internals():
+    offenders = []
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        if path.name == "graph.py" and path.parent.name == PACKAGE:
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if TP_INTERNALS.search(line):
+                offenders.append(f"{path.relative_to(SRC)}:{i}: {line.strip()}")
+    assert not offenders, "Torch-Pruning internals outside graph.py:\n" + "\n".join(offenders)

@@ -10,6 +10,13 @@ A group's channels are indexed by its *root* module's output channels ("root ind
 slice maps to root indices through Torch-Pruning's ``root_idxs`` (a flatten before a Linear maps one
 channel to H·W input features), so per-member statistics are reduced onto root indices with
 :meth:`ChannelGroup.reduce`.
+
+Every fact about the model's structure that the methods need is answered here, so that nothing else
+reads Torch-Pruning's internals: which groups are residual (:attr:`ChannelGroup.is_residual`), which
+convs are depthwise (:func:`is_depthwise`), which channels of a layer a plan removes or keeps
+(:meth:`PruningGraph.removed`, :meth:`PruningGraph.kept_channels`), a member's channels per root index
+(:meth:`Member.per_root`), what follows a layer in the traced computation (:meth:`PruningGraph.successors`)
+and where a per-channel constant added to a layer's output ends up (:meth:`PruningGraph.norm_sites`).
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from torch_pruning import ops as tp_ops
 
 from .errors import ModelError, PruneError
 
@@ -35,6 +43,18 @@ class Member:
     idxs: list[int]
     root_idxs: list[int]
     role: str  # "out" (the module's output channels) or "in" (a consumer's input channels)
+
+    def per_root(self) -> dict[int, list[int]]:
+        """Root index → the module's own channel indices that carry it (several after a flatten)."""
+        out: dict[int, list[int]] = {}
+        for i, r in zip(self.idxs, self.root_idxs):
+            out.setdefault(int(r), []).append(int(i))
+        return out
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A conv with one filter per input channel (groups == in_channels > 1)."""
+    return isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups > 1 and module.groups == module.in_channels
 
 
 @dataclass
@@ -61,6 +81,15 @@ class ChannelGroup:
         """Convs/Linears whose *input* channels are in this group."""
         return [m for m in self.members if m.role == "in" and isinstance(m.module, PRUNABLE_TYPES)]
 
+    @property
+    def is_residual(self) -> bool:
+        """A residual/tied group: more than one non-depthwise layer writes its channels (an add joins them).
+
+        Depthwise convs only pass a channel on (MobileNet's expansion → depthwise pair is one channel), so
+        they do not count.
+        """
+        return sum(1 for p in self.producers if not is_depthwise(p.module)) > 1
+
     def reduce(self, member: Member, values: torch.Tensor, how: str = "sum") -> torch.Tensor:
         """Reduce a per-member-index vector (len(member.idxs)) onto root indices (len == channels)."""
         root = torch.as_tensor(member.root_idxs, dtype=torch.long, device=values.device)
@@ -74,6 +103,25 @@ class ChannelGroup:
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         return f"ChannelGroup({self.index}, {self.name!r}, channels={self.channels}, members={len(self.members)})"
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """One vertex of the traced computation: a layer of the model, or a functional operation between layers.
+
+    ``kind`` is ``"layer"`` (``module`` is the model's module), ``"cat"`` (a concatenation), ``"add"`` (an
+    elementwise addition, e.g. a residual join), ``"avgpool"`` (a functional average pool),
+    ``"elementwise"`` (any other elementwise op, e.g. an activation) or ``"other"`` (reshapes, splits, ...).
+    """
+
+    kind: str
+    module: nn.Module | None
+    traced: object = field(repr=False)  # the tracer's own node, only for PruningGraph
+
+
+def is_residual(group: ChannelGroup) -> bool:
+    """:attr:`ChannelGroup.is_residual` as a function (for filters and sorts)."""
+    return group.is_residual
 
 
 def default_ignored(model: nn.Module) -> list[nn.Module]:
@@ -163,6 +211,102 @@ class PruningGraph:
 
     def __len__(self) -> int:
         return len(self.groups)
+
+    # ------------------------------------------------------------------ structure facts
+
+    def _node(self, traced) -> Node:
+        module = traced.module
+        if isinstance(module, tp_ops._ConcatOp):
+            kind = "cat"
+        elif isinstance(module, tp_ops._ElementWiseOp):
+            op = str(traced.grad_fn)
+            kind = "add" if "Add" in op else "avgpool" if "AvgPool" in op else "elementwise"
+        elif module in self.names:
+            kind = "layer"
+        else:
+            kind = "other"
+        return Node(kind, module if kind == "layer" else None, traced)
+
+    def node(self, module: nn.Module) -> Node | None:
+        """The traced node of a layer (None for a layer the trace did not reach)."""
+        traced = self.dg.module2node.get(module)
+        return None if traced is None else self._node(traced)
+
+    def successors(self, where: nn.Module | Node) -> list[Node]:
+        """The nodes that read the output of a layer (or of a node), in the traced computation."""
+        node = where if isinstance(where, Node) else self.node(where)
+        return [] if node is None else [self._node(out) for out in node.traced.outputs]
+
+    def removed(self, plan: Mapping[int, Sequence[int]], name: str, role: str = "out") -> set[int]:
+        """The ``role`` ("out": output, "in": input) channels of layer ``name`` that ``plan`` removes."""
+        out: set[int] = set()
+        for gi, idxs in plan.items():
+            rem = {int(i) for i in idxs}
+            for m in self.groups[int(gi)].members:
+                if m.name == name and m.role == role:
+                    out |= {i for i, r in zip(m.idxs, m.root_idxs) if r in rem}
+        return out
+
+    def kept_channels(self, plan: Mapping[int, Sequence[int]], name: str, size: int, role: str = "out") -> list[int]:
+        """The ``role`` channels (of ``size``) of layer ``name`` (a BN, conv or Linear) that survive ``plan``."""
+        gone = self.removed(plan, name, role)
+        return [c for c in range(size) if c not in gone]
+
+    def _avg_pools_commute(self) -> bool:
+        """Average pooling passes a per-channel constant through unchanged unless it pads with counted zeros."""
+        for m in self.model.modules():
+            if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)) and m.count_include_pad:
+                pad = m.padding if isinstance(m.padding, tuple) else (m.padding,)
+                if any(pad):
+                    return False
+        return True
+
+    def norm_sites(self, module: nn.Module) -> list[tuple[str, dict[int, int]]] | None:
+        """Where a per-row constant b′ added to ``module``'s output can go instead of a bias.
+
+        Follows the traced graph from ``module`` through concatenations and average pools (which pass a
+        per-channel constant through unchanged); if every path ends in a BatchNorm with running statistics,
+        returns [(BN name, {module output row: BN channel})] — subtracting b′ from those running means gives
+        the same eval-mode function. Else None. Indices are in the graph's (unpruned) numbering.
+        """
+        start = self.node(module)
+        if start is None or not start.traced.outputs:
+            return None
+        pools_ok = self._avg_pools_commute()
+        leaves: dict[int, nn.Module] = {}
+        stack, seen = [start], set()
+        while stack:
+            for nxt in self.successors(stack.pop()):
+                target = nxt.module
+                if isinstance(target, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                    if target.running_mean is None:
+                        return None
+                    leaves[id(target)] = target
+                    continue
+                if not (nxt.kind == "cat" or (nxt.kind == "avgpool" and pools_ok)):
+                    return None
+                if id(nxt.traced) not in seen:
+                    seen.add(id(nxt.traced))
+                    stack.append(nxt)
+        # rows → root indices of the group this module produces, root → channel of each BatchNorm
+        for group in self.groups:
+            prod = next((m for m in group.producers if m.module is module), None)
+            if prod is None:
+                continue
+            row_root = dict(zip(prod.idxs, prod.root_idxs))
+            sites = []
+            for bn in leaves.values():
+                member = next((m for m in group.norms if m.module is bn), None)
+                if member is None:
+                    return None
+                root_bn = dict(zip(member.root_idxs, member.idxs))
+                sites.append((self.names[bn], {row: root_bn[r] for row, r in row_root.items() if r in root_bn}))
+            return sites
+        if len(leaves) == 1:  # an unpruned layer (not in any group) feeding one BN of the same width
+            bn = next(iter(leaves.values()))
+            if bn.num_features == module.weight.shape[0]:
+                return [(self.names[bn], {i: i for i in range(bn.num_features)})]
+        return None
 
     def __iter__(self):
         return iter(self.groups)

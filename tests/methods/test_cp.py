@@ -8,7 +8,7 @@ import chanprune
 from chanprune.config import L1Config
 from chanprune.graph import PruningGraph
 from chanprune.methods.cp import CPConfig, LassoStats, lasso_select
-from chanprune.recovery import is_residual
+from chanprune.graph import is_residual
 from chanprune.errors import ConfigError
 from tests.conftest import calib, tiny
 

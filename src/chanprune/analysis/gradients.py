@@ -68,13 +68,11 @@ def gate_sites(graph: PruningGraph, group: ChannelGroup) -> list[tuple[nn.Module
     sites = []
     for prod in group.producers:
         site, idxs, root = prod.module, prod.idxs, prod.root_idxs
-        node = graph.dg.module2node.get(prod.module)
-        if node is not None:
-            for out in node.outputs:
-                if id(out.module) in norms:
-                    nm = norms[id(out.module)]
-                    site, idxs, root = nm.module, nm.idxs, nm.root_idxs
-                    break
+        for nxt in graph.successors(prod.module):
+            if id(nxt.module) in norms:
+                nm = norms[id(nxt.module)]
+                site, idxs, root = nm.module, nm.idxs, nm.root_idxs
+                break
         sites.append((site, idxs, root))
     return sites
 

@@ -38,7 +38,7 @@ from .. import allocation as alloc
 from ..config import PruneConfig
 from ..errors import ConfigError
 from ..graph import resolve_round_to
-from ..recovery.compensation import clean_cov, apply_compensation, compensate_model, is_residual, ridge_scale
+from ..recovery.compensation import clean_cov, apply_compensation, compensate_model, ridge_scale
 from ..recovery.stats import Moments, columns, consumer_moments, supported, weight_matrix
 from ..surgery import mask_hooks, mask_sites
 from .pipeline import PruneSession, register_planner
@@ -276,7 +276,7 @@ def candidates(session: PruneSession, residual: bool) -> list:
     for g in session.graph.groups:
         if not g.consumers or not all(supported(c.module) for c in g.consumers):
             continue
-        if is_residual(g) and not residual:
+        if g.is_residual and not residual:
             continue
         out.append(g)
     return out
@@ -289,9 +289,7 @@ def group_problems(group, model_modules, moments: dict[str, Moments]) -> list[Pr
         module = model_modules[member.name]
         W = weight_matrix(module).detach().double().cpu()
         cov = clean_cov(moments[member.name])
-        per_root: dict[int, list[int]] = {}
-        for i, r in zip(member.idxs, member.root_idxs):
-            per_root.setdefault(int(r), []).append(int(i))
+        per_root = member.per_root()
         blocks = [columns(module, per_root.get(r, [])) for r in range(group.channels)]
         mask = torch.ones(W.shape[1], dtype=torch.bool)
         for blk in blocks:

@@ -64,7 +64,7 @@ from torch.overrides import TorchFunctionMode
 from .. import allocation as alloc
 from ..config import PruneConfig
 from ..errors import ConfigError
-from ..recovery.compensation import Compensation, NormFolds, is_residual, kept_channels, write_consumer
+from ..recovery.compensation import Compensation, NormFolds, write_consumer
 from ..recovery.lstsq import lstsq_refit
 from ..recovery.stats import columns, consumer_rows, patches, sample_positions, supported, weight_matrix
 from ..surgery import mask_hooks, mask_sites
@@ -326,22 +326,20 @@ def branch_ends(graph, names) -> dict[str, BranchEnd]:
     out: dict[str, BranchEnd] = {}
     for name in names:
         module = modules[name]
-        node = graph.dg.module2node.get(module)
-        if node is None:
-            continue
         scale = torch.ones(module.weight.shape[0], dtype=torch.float64)
         last = name
-        while node is not None and len(node.outputs) == 1:
-            nxt = node.outputs[0]
+        after = graph.successors(module)
+        while len(after) == 1:
+            nxt = after[0]
             target = nxt.module
             if isinstance(target, (nn.BatchNorm1d, nn.BatchNorm2d)) and target.running_var is not None:
                 if target.num_features != scale.shape[0]:
                     break
                 scale = scale * _bn_scale(target)
                 last = graph.names[target]
-                node = nxt
+                after = graph.successors(nxt)
                 continue
-            if type(target).__name__ == "_ElementWiseOp" and "Add" in str(getattr(nxt, "grad_fn", "")):
+            if nxt.kind == "add":
                 out[name] = BranchEnd(name, last, scale)
             break
     return out
@@ -567,7 +565,7 @@ def eligible_groups(session: PruneSession) -> list:
     """Groups CP prunes: non-residual, every consumer a Linear or a dense conv."""
     return [
         g for g in session.graph.groups
-        if g.consumers and all(supported(c.module) for c in g.consumers) and not is_residual(g)
+        if g.consumers and all(supported(c.module) for c in g.consumers) and not g.is_residual
     ]
 
 
@@ -629,33 +627,15 @@ def _inputs(module: torch.nn.Module) -> int:
     return module.in_features if isinstance(module, torch.nn.Linear) else module.in_channels
 
 
-def _removed_inputs(graph, plan, name: str) -> set[int]:
-    out: set[int] = set()
-    for gi, removed in plan.items():
-        rem = set(removed)
-        for m in graph.groups[gi].consumers:
-            if m.name == name:
-                out |= {i for i, r in zip(m.idxs, m.root_idxs) if r in rem}
-    return out
-
-
-def _per_root(member) -> dict[int, list[int]]:
-    """Root channel → the consumer's input channels that carry it."""
-    out: dict[int, list[int]] = {}
-    for i, r in zip(member.idxs, member.root_idxs):
-        out.setdefault(int(r), []).append(int(i))
-    return out
-
-
 def _select(group, xs, targets, mods, graph, plan, keep: int, cfg: CPConfig, gen) -> Selection:
     """Step (i): LASSO over the group's channels, rows of all its consumers stacked."""
     stats = None
     for member in group.consumers:
         n = member.name
         X, W = xs[n], weight_matrix(mods[n]).detach().double().cpu()
-        per_root = _per_root(member)
+        per_root = member.per_root()
         mine = {i for v in per_root.values() for i in v}
-        gone = _removed_inputs(graph, plan, n)
+        gone = graph.removed(plan, n, "in")
         fixed = columns(mods[n], [i for i in range(_inputs(mods[n])) if i not in mine and i not in gone])
         rows = torch.randperm(X.shape[0], generator=gen)[: min(cfg.lasso_rows, X.shape[0])]
         target = targets[n][rows] - X[rows][:, fixed] @ W[:, fixed].T  # the other (kept) inputs' share
@@ -750,7 +730,7 @@ def cp_planner(session: PruneSession) -> dict[int, list[int]]:
         errors = []
         for n in consumers:
             module = orig[n]
-            gone = _removed_inputs(graph, plan, n)
+            gone = graph.removed(plan, n, "in")
             kept_in = [i for i in range(_inputs(module)) if i not in gone]
             w_new, b_new, err = _refit(module, xs[n], targets[n], kept_in, cfg)
             rows_all = list(range(module.weight.shape[0]))
@@ -778,7 +758,7 @@ def cp_planner(session: PruneSession) -> dict[int, list[int]]:
         pm = dict(pruned.named_modules())
         for n, (w_new, b_new, kept_in, folded) in refits.items():
             module = before[n]
-            rows = kept_channels(graph, plan, n, module.weight.shape[0])
+            rows = graph.kept_channels(plan, n, module.weight.shape[0])
             comp = Compensation(w_new[rows], b_new[rows], float("nan"), float("nan"))
             if folded:
                 folds.set(n, rows, comp.bias)

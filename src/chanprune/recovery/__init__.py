@@ -16,13 +16,12 @@ from .compensation import (  # noqa: F401
     compensate_model,
     consumer_edits,
     expected_loss,
-    is_residual,
 )
 from .lstsq import lstsq_refit  # noqa: F401
 from .stats import Moments, consumer_moments, consumer_rows, patches  # noqa: F401
 
 __all__ = [
     "Compensation", "Moments", "apply_compensation", "closed_form_loss", "compensate", "compensate_model",
-    "consumer_edits", "consumer_moments", "consumer_rows", "expected_loss", "is_residual", "lstsq_refit",
+    "consumer_edits", "consumer_moments", "consumer_rows", "expected_loss", "lstsq_refit",
     "patches",
 ]

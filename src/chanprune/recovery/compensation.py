@@ -159,93 +159,6 @@ def compensate(
 # --------------------------------------------------------------------------- applying it to models
 
 
-def is_depthwise(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups > 1 and module.groups == module.in_channels
-
-
-def is_residual(group) -> bool:
-    """A residual/tied group: more than one non-depthwise layer writes its channels (an add joins them).
-
-    Depthwise convs only pass a channel on (MobileNet's expansion → depthwise pair is one channel), so
-    they do not count.
-    """
-    return sum(1 for p in group.producers if not is_depthwise(p.module)) > 1
-
-
-def _avg_pools_commute(model: nn.Module) -> bool:
-    """Average pooling passes a per-channel constant through unchanged unless it pads with counted zeros."""
-    for m in model.modules():
-        if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)) and m.count_include_pad:
-            pad = m.padding if isinstance(m.padding, tuple) else (m.padding,)
-            if any(pad):
-                return False
-    return True
-
-
-def norm_sites(graph, module: nn.Module) -> list[tuple[str, dict[int, int]]] | None:
-    """Where a per-row constant b′ added to ``module``'s output can go instead of a bias.
-
-    Follows the traced graph from ``module`` through concatenations and average pools (which pass a
-    per-channel constant through unchanged); if every path ends in a BatchNorm with running statistics,
-    returns [(BN name, {module output row: BN channel})] — subtracting b′ from those running means gives
-    the same eval-mode function. Else None. Indices are in the graph's (unpruned) numbering.
-    """
-    node = graph.dg.module2node.get(module)
-    if node is None or not node.outputs:
-        return None
-    pools_ok = _avg_pools_commute(graph.model)
-    leaves: dict[int, nn.Module] = {}
-    stack, seen = [node], set()
-    while stack:
-        current = stack.pop()
-        for out in current.outputs:
-            target = out.module
-            if isinstance(target, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                if target.running_mean is None:
-                    return None
-                leaves[id(target)] = target
-                continue
-            kind = type(target).__name__
-            passes = kind == "_ConcatOp" or (
-                kind == "_ElementWiseOp" and pools_ok and "AvgPool" in str(getattr(target, "_grad_fn", ""))
-            )
-            if not passes:
-                return None
-            if id(out) not in seen:
-                seen.add(id(out))
-                stack.append(out)
-    # rows → root indices of the group this module produces, root → channel of each BatchNorm
-    for group in graph.groups:
-        prod = next((m for m in group.producers if m.module is module), None)
-        if prod is None:
-            continue
-        row_root = dict(zip(prod.idxs, prod.root_idxs))
-        sites = []
-        for bn in leaves.values():
-            member = next((m for m in group.norms if m.module is bn), None)
-            if member is None:
-                return None
-            root_bn = dict(zip(member.root_idxs, member.idxs))
-            sites.append((graph.names[bn], {row: root_bn[r] for row, r in row_root.items() if r in root_bn}))
-        return sites
-    if len(leaves) == 1:  # an unpruned layer (not in any group) feeding one BN of the same width
-        bn = next(iter(leaves.values()))
-        if bn.num_features == module.weight.shape[0]:
-            return [(graph.names[bn], {i: i for i in range(bn.num_features)})]
-    return None
-
-
-def kept_channels(graph, plan: Mapping[int, Sequence[int]], name: str, size: int) -> list[int]:
-    """The output channels of layer ``name`` (a BN, conv or Linear) that survive ``plan``."""
-    removed: set[int] = set()
-    for gi, idxs in plan.items():
-        rem = {int(i) for i in idxs}
-        for m in graph.groups[int(gi)].members:
-            if m.name == name and m.role == "out":
-                removed |= {i for i, r in zip(m.idxs, m.root_idxs) if r in rem}
-    return [c for c in range(size) if c not in removed]
-
-
 class NormFolds:
     """b′ of bias-free consumers, folded into the running means of the BatchNorms that read them.
 
@@ -262,7 +175,7 @@ class NormFolds:
     def set(self, name: str, rows: Sequence[int], bias: torch.Tensor) -> str | None:
         """Record b′ (aligned with ``rows``) of consumer ``name``; returns the BN names, or None if impossible."""
         if name not in self._sites:
-            self._sites[name] = norm_sites(self.graph, self._modules[name])
+            self._sites[name] = self.graph.norm_sites(self._modules[name])
         sites = self._sites[name]
         if not sites:
             return None
@@ -288,7 +201,7 @@ class NormFolds:
                 idx = torch.as_tensor(list(values), dtype=torch.long)
                 mean[idx] -= torch.as_tensor(list(values.values()), dtype=torch.float64)
                 if not full:
-                    mean = mean[kept_channels(self.graph, plan, bn, mean.shape[0])]
+                    mean = mean[self.graph.kept_channels(plan, bn, mean.shape[0])]
                 rm = tgt[bn].running_mean
                 if rm.shape != mean.shape:
                     raise ConfigError(f"BatchNorm {bn!r} has {rm.shape[0]} channels after pruning, expected {mean.shape[0]}.")
@@ -315,7 +228,7 @@ class ConsumerEdit:
 def consumer_edits(graph, plan: Mapping[int, Sequence[int]], residual: bool = True):
     """({consumer name: ConsumerEdit}, skipped) for the consumers of the pruned groups.
 
-    Groups that are residual/tied (:func:`is_residual`) are skipped unless ``residual``; consumers
+    Groups that are residual/tied (:attr:`~chanprune.graph.ChannelGroup.is_residual`) are skipped unless ``residual``; consumers
     without an im2col view (grouped convs) are skipped. ``skipped`` lists (name, reason).
     """
     plan = {int(g): {int(i) for i in idxs} for g, idxs in plan.items() if len(idxs)}
@@ -323,7 +236,7 @@ def consumer_edits(graph, plan: Mapping[int, Sequence[int]], residual: bool = Tr
     skipped: list[tuple[str, str]] = []
     for gi, removed in plan.items():
         group = graph.groups[gi]
-        if not residual and is_residual(group):
+        if not residual and group.is_residual:
             skipped.append((group.name, "residual or tied group (several producers)"))
             continue
         for member in group.consumers:
@@ -478,7 +391,7 @@ def apply_compensation(
     input columns) and b′ from the original model's consumer-input moments (:func:`compensate`).
     ``moments`` may pass statistics of ``original`` already computed (same ``sampling_stride``).
 
-    Residual/tied groups (:func:`is_residual`) are refit too by default: a removed channel of a residual
+    Residual/tied groups (:attr:`~chanprune.graph.ChannelGroup.is_residual`) are refit too by default: a removed channel of a residual
     stream is zero in every tensor of the stream (each producer is removed), so each consumer still
     reads its original input minus the removed columns, which is exactly the setting of the formula.
     ``residual=False`` skips them (recorded under ``"skipped"``).
