@@ -1,4 +1,4 @@
-"""The ``chanprune`` command: train | evaluate | analyze | prune | finetune | trp | decompose | info | bench | demo.
+"""The ``chanprune`` command: train | evaluate | analyze | prune | finetune | trp | decompose | info | bench | export | demo.
 
 Every command prints a table and writes a JSON record (model, data, method, config, seed, MACs,
 params, accuracy, latency, wall time, versions). Errors chanprune raises on purpose are printed as
@@ -445,6 +445,28 @@ def bench(model: str = typer.Argument(..., help="saved model stem"), baseline: O
     console.print(_kv_table(f"bench {model}", rows, ("", "")))
     if out:
         write_record(Path(out), {"command": "bench", "model": model, "baseline": baseline, "data": data, **result})
+
+
+# --------------------------------------------------------------------------------------------- export
+@app.command()
+def export(model: str = typer.Argument(..., help="saved model stem"), format: str = typer.Option("onnx", help="onnx (the only format)"),
+           out: Optional[str] = typer.Option(None, help="output file (default: the model stem + .onnx)"),
+           data: str = typer.Option("fashion_mnist", help="data set for the input shape and the real-image check"),
+           root: Optional[str] = typer.Option(None), exporter: str = typer.Option("auto", help="auto | torchscript | dynamo"),
+           opset: Optional[int] = typer.Option(None)):
+    """Export a saved model to ONNX (dynamic batch), checked in onnxruntime against PyTorch on random and real images."""
+    from .errors import ConfigError
+    from .export import export as _export
+
+    if format != "onnx":
+        raise ConfigError(f"unknown export format {format!r}; the only format is onnx.")
+    net, bundle = _model_and_data(model, data, root)
+    res = _export(net, out or f"{model}.onnx", bundle.example_input(1), data=bundle, exporter=exporter, opset=opset)
+    console.print(_kv_table(f"ONNX export of {model}", [
+        ("file", f"{res.path} ({res.bytes / 1e6:.2f} MB, opset {res.opset}, {res.exporter} exporter, dynamic batch)"),
+        ("max |onnx − torch|, random", f"{res.max_abs_error:.2e} (batches {', '.join(map(str, res.checked_batches))})"),
+        ("max |onnx − torch|, real", f"{res.max_abs_error_real:.2e} ({res.real_images} test images)"),
+        ("tolerance", f"{res.tolerance:.2e} (1e-4 × max(1, max |logit|))")], ("", "")))
 
 
 # ----------------------------------------------------------------------------------------------- demo

@@ -39,3 +39,7 @@ class AnalysisError(ChanpruneError):
 
 class VerificationError(PruneError):
     """A pruned model disagrees with the original model masked at the removed channels."""
+
+
+class ExportError(ChanpruneError):
+    """A model does not export to ONNX, or the exported graph disagrees with PyTorch."""
