@@ -35,7 +35,7 @@ import torch
 import chanprune
 from chanprune._atomic import write_text_atomic
 from chanprune.analysis import AnalysisConfig, analyze
-from chanprune.config import HRankConfig, L1Config, TaylorConfig
+from chanprune.criteria import HRankConfig, L1Config, TaylorConfig
 from chanprune.engine import evaluate, finetune, recalibrate_bn
 from chanprune.errors import ChanpruneError
 from chanprune.methods.hierarchical import HierarchicalConfig

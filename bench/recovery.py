@@ -45,7 +45,7 @@ import torch.nn as nn
 
 import chanprune
 from chanprune._atomic import write_text_atomic
-from chanprune.config import L1Config
+from chanprune.criteria import L1Config
 from chanprune.engine import evaluate, finetune, recalibrate_bn
 from chanprune.errors import ChanpruneError
 from chanprune.methods.cap import CaPConfig

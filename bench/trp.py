@@ -42,7 +42,7 @@ import torch
 
 import chanprune
 from chanprune._atomic import write_text_atomic
-from chanprune.config import L1Config
+from chanprune.criteria import L1Config
 from chanprune.engine import TrainConfig, evaluate, finetune
 from chanprune.lowrank import DecomposeConfig, LowRank, TRPConfig, decompose, trp_train
 from chanprune.measurement import count_macs_params, latency

@@ -12,6 +12,7 @@ import torch.nn as nn
 from .config import PruneConfig
 from .errors import ConfigError
 from .methods import METHODS, handler_for  # noqa: F401  (importing the package registers every method)
+from .recovery import get_recovery
 
 
 def prune(model: nn.Module, config: PruneConfig, data=None, *, example_inputs: torch.Tensor | None = None):
@@ -25,7 +26,8 @@ def prune(model: nn.Module, config: PruneConfig, data=None, *, example_inputs: t
     if not isinstance(config, PruneConfig):
         raise ConfigError(f"config must be a chanprune config such as L1Config(target_macs=0.5), not {type(config).__name__}.")
     handler = handler_for(config)
-    if config.recover in ("bn", "compensate+bn") and not hasattr(data, "loader"):
-        raise ConfigError(f"recover={config.recover!r} re-estimates BatchNorm statistics from training images; "
-                          "pass data=a DataBundle (chanprune.load_data), or use recover='compensate'.")
+    needs = get_recovery(config.recover).needs_training_data
+    if needs and not hasattr(data, "loader"):
+        raise ConfigError(f"recover={config.recover!r} {needs}; pass data=a DataBundle (chanprune.load_data), "
+                          "or use recover='compensate'.")
     return handler(model, config, data, example_inputs)

@@ -229,7 +229,11 @@ def method_config(method: str, **kwargs):
     return cls(**{k: v for k, v in kwargs.items() if v is not None})
 
 
-_RECOVERED = {"bn": ", BN re-estimated", "compensate": ", consumers refit", "compensate+bn": ", consumers refit, BN re-estimated"}
+def _recovered(recover: str) -> str:
+    from .recovery import get_recovery
+
+    summary = get_recovery(recover).summary
+    return f", {summary}" if summary else ""
 
 
 def run_prune(net, bundle, cfg, *, finetune_epochs: float, finetune_limit: Optional[int], out: Path, label: str, repeats: int = 20,
@@ -266,7 +270,7 @@ def run_prune(net, bundle, cfg, *, finetune_epochs: float, finetune_limit: Optio
             "wall_seconds": time.time() - t0}
     write_record(out / "record.json", full)
     rows = [
-        ("accuracy", f"{dense_acc:.2f}%", f"{acc_no_ft:.2f}% (no fine-tune{_RECOVERED.get(cfg.recover, '')})"
+        ("accuracy", f"{dense_acc:.2f}%", f"{acc_no_ft:.2f}% (no fine-tune{_recovered(cfg.recover)})"
          + (f" → {result['accuracy']:.2f}% fine-tuned" if ft else "")),
         ("MACs", _fmt_m(result["baseline"]["macs"]), f"{_fmt_m(result['macs'])} ({result['macs'] / result['baseline']['macs']:.1%})"),
         ("params", _fmt_m(result["baseline"]["params"]), f"{_fmt_m(result['params'])} ({result['params'] / result['baseline']['params']:.1%})"),

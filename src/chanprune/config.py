@@ -5,12 +5,10 @@ channels (uniform) or 30 % of all channels (global). With neither, ``target_macs
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 from .errors import ConfigError
-
-_RECOVERIES = ("none", "bn", "compensate", "compensate+bn")  # compensate+bn: the refit, then BN re-estimation
 
 
 def _fraction(name: str, value, *, closed_low: bool, closed_high: bool) -> None:
@@ -32,6 +30,7 @@ class PruneConfig:
 
     method: ClassVar[str] = ""
     allocations: ClassVar[tuple[str, ...]] = ("uniform", "global")
+    refits_consumers: ClassVar[bool] = False  # the method refits the consumers of pruned channels itself
     target_macs: float | None = None
     target_params: float | None = None
     ratio: float | None = None
@@ -58,8 +57,11 @@ class PruneConfig:
             self.target_macs = 0.5
         if self.allocation not in self.allocations:
             raise ConfigError(f"allocation must be one of {', '.join(self.allocations)}, not {self.allocation!r}.")
-        if self.recover not in _RECOVERIES:
-            raise ConfigError(f"recover must be one of {', '.join(_RECOVERIES)}, not {self.recover!r}.")
+        from .recovery import get_recovery  # late: the recoveries import torch and the engine
+
+        if get_recovery(self.recover).refits_consumers and self.refits_consumers:
+            raise ConfigError(f"{type(self).__name__} refits the consumers of the pruned channels itself, so "
+                              f"recover={self.recover!r} would overwrite that refit; use recover='none' or recover='bn'.")
         if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
             raise ConfigError(f"round_to must be a positive integer, not {self.round_to!r}.")
         if not isinstance(self.calibration, int) or self.calibration < 1:
@@ -83,34 +85,3 @@ class PruneConfig:
 
     def to_dict(self) -> dict:
         return {"method": self.method, **asdict(self)}
-
-
-@dataclass
-class CriterionConfig(PruneConfig):
-    """Score channels with a criterion, remove the lowest under the chosen allocation."""
-
-    method: ClassVar[str] = "criterion"
-    generic: ClassVar[bool] = True  # not listed by name in chanprune.methods.METHODS: the criterion names it
-    criterion: str = "l1"
-
-    def __post_init__(self):
-        super().__post_init__()
-        from .criteria import CRITERIA  # late import: criteria import the graph
-
-        if self.criterion not in CRITERIA:
-            raise ConfigError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(sorted(CRITERIA))}.")
-
-
-def _criterion_config(name: str, criterion: str, doc: str):
-    cls = dataclass(type(name, (CriterionConfig,), {"__annotations__": {"criterion": str}, "criterion": criterion, "__doc__": doc}))
-    cls.method = criterion
-    return cls
-
-
-L1Config = _criterion_config("L1Config", "l1", "Remove the filters of smallest L1 norm (Li et al., arXiv 1608.08710).")
-L2Config = _criterion_config("L2Config", "l2", "Remove the filters of smallest L2 norm.")
-BNScaleConfig = _criterion_config("BNScaleConfig", "bn_scale", "Remove the channels of smallest |BN γ| (Liu et al., arXiv 1708.06519).")
-TaylorConfig = _criterion_config("TaylorConfig", "taylor", "First-order Taylor score |mean gate gradient| (Molchanov et al., arXiv 1611.06440).")
-FPGMConfig = _criterion_config("FPGMConfig", "fpgm", "Remove filters nearest the geometric median (He et al., arXiv 1811.00250).")
-HRankConfig = _criterion_config("HRankConfig", "hrank", "Remove channels whose feature maps have the lowest mean rank (Lin et al., arXiv 2002.10179).")
-RandomConfig = _criterion_config("RandomConfig", "random", "Remove a seeded random subset (a control).")

@@ -1,7 +1,7 @@
 """The cost model predicts Torch-Pruning's own count of the pruned model."""
 import torch
 
-from chanprune.config import RandomConfig
+from chanprune.criteria import RandomConfig
 from chanprune.cost import CostModel, count
 from chanprune.graph import PruningGraph
 import chanprune

@@ -4,7 +4,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import chanprune
-from chanprune.config import L1Config, RandomConfig
+from chanprune.criteria import L1Config, RandomConfig
 from chanprune.errors import ChanpruneError, ConfigError, ModelError, PruneError
 from chanprune.graph import PruningGraph
 from chanprune.surgery import prune_copy

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import chanprune
-from chanprune.config import L1Config
+from chanprune.criteria import L1Config
 from chanprune.graph import PruningGraph
 from chanprune.methods.cp import CPConfig, LassoStats, lasso_select
 from chanprune.graph import is_residual

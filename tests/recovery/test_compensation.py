@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 import chanprune
 from chanprune.methods import PruneSession
 from chanprune.methods.criterion import criterion_planner
-from chanprune.config import L1Config
+from chanprune.criteria import L1Config
 from chanprune.graph import PruningGraph
 from chanprune.recovery import (
     Moments, apply_compensation, closed_form_loss, compensate, compensate_model, consumer_moments,

@@ -14,7 +14,11 @@ indices (see :mod:`chanprune.graph`), averaged over the group's members where a 
 """
 from __future__ import annotations
 
-from .base import CRITERIA, ScoreContext, get_criterion, register_criterion  # noqa: F401
+from .base import CONFIGS, CRITERIA, CriterionConfig, ScoreContext, get_criterion, register_criterion  # noqa: F401
 from . import magnitude, data_driven  # noqa: F401  (registration)
 
-__all__ = ["CRITERIA", "ScoreContext", "get_criterion", "register_criterion"]
+# the config classes the registrations created: chanprune.criteria.L1Config, ...
+globals().update({cls.__name__: cls for cls in CONFIGS.values()})
+
+__all__ = ["CONFIGS", "CRITERIA", "CriterionConfig", "ScoreContext", "get_criterion", "register_criterion",
+           *sorted(cls.__name__ for cls in CONFIGS.values())]

@@ -21,7 +21,7 @@ def gate_statistics(ctx: ScoreContext):
     return ctx.cache["gate"]
 
 
-@register_criterion("taylor")
+@register_criterion("taylor", config="TaylorConfig", doc="First-order Taylor score |mean gate gradient| (Molchanov et al., arXiv 1611.06440).")
 def taylor(group: ChannelGroup, ctx: ScoreContext) -> torch.Tensor:
     """|(1/N) Σ_i G[i, f]| — the absolute mean of the gate-gradient column (Molchanov et al. 2017)."""
     stats = gate_statistics(ctx)[group.index]
@@ -35,7 +35,7 @@ def map_rank(maps: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_rank(maps.float()).to(maps.dtype)
 
 
-@register_criterion("hrank")
+@register_criterion("hrank", config="HRankConfig", doc="Remove channels whose feature maps have the lowest mean rank (Lin et al., arXiv 2002.10179).")
 def hrank(group: ChannelGroup, ctx: ScoreContext) -> torch.Tensor:
     """Mean rank of A_f(x) over the calibration images (Lin et al. 2020), A after ReLU."""
     if "hrank" not in ctx.cache:

@@ -22,17 +22,17 @@ def _norm_score(group: ChannelGroup, p: int) -> torch.Tensor:
     return torch.stack(parts).mean(0)
 
 
-@register_criterion("l1")
+@register_criterion("l1", config="L1Config", doc="Remove the filters of smallest L1 norm (Li et al., arXiv 1608.08710).")
 def l1(group: ChannelGroup, ctx: ScoreContext) -> torch.Tensor:
     return _norm_score(group, 1)
 
 
-@register_criterion("l2")
+@register_criterion("l2", config="L2Config", doc="Remove the filters of smallest L2 norm.")
 def l2(group: ChannelGroup, ctx: ScoreContext) -> torch.Tensor:
     return _norm_score(group, 2)
 
 
-@register_criterion("bn_scale")
+@register_criterion("bn_scale", config="BNScaleConfig", doc="Remove the channels of smallest |BN γ| (Liu et al., arXiv 1708.06519).")
 def bn_scale(group: ChannelGroup, ctx: ScoreContext) -> torch.Tensor:
     parts = []
     for member in group.norms:
@@ -44,7 +44,7 @@ def bn_scale(group: ChannelGroup, ctx: ScoreContext) -> torch.Tensor:
     return torch.stack(parts).mean(0) if parts else l1(group, ctx)
 
 
-@register_criterion("fpgm")
+@register_criterion("fpgm", config="FPGMConfig", doc="Remove filters nearest the geometric median (He et al., arXiv 1811.00250).")
 def fpgm(group: ChannelGroup, ctx: ScoreContext) -> torch.Tensor:
     """Σ_f' ‖W_f − W_f'‖₂ over the group's concatenated producer filters (root-index order)."""
     cols = []
@@ -58,7 +58,7 @@ def fpgm(group: ChannelGroup, ctx: ScoreContext) -> torch.Tensor:
     return torch.cdist(filters, filters).sum(1)
 
 
-@register_criterion("random")
+@register_criterion("random", config="RandomConfig", doc="Remove a seeded random subset (a control).")
 def random(group: ChannelGroup, ctx: ScoreContext) -> torch.Tensor:
     gen = torch.Generator().manual_seed(ctx.seed * 100_003 + group.index)
     return torch.rand(group.channels, generator=gen, dtype=torch.float64)

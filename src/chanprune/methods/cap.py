@@ -49,6 +49,7 @@ class CaPConfig(PruneConfig):
     """Compensation-aware ranking, binary structural search over a δ-grid, closed-form compensation."""
 
     method: ClassVar[str] = "cap"
+    refits_consumers: ClassVar[bool] = True
     allocations: ClassVar[tuple[str, ...]] = ("binary", "uniform")
     allocation: str = "binary"
     delta: float = 0.05

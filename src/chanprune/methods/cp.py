@@ -76,6 +76,7 @@ class CPConfig(PruneConfig):
     """Per-layer LASSO channel selection and least-squares reconstruction of the consumer."""
 
     method: ClassVar[str] = "cp"
+    refits_consumers: ClassVar[bool] = True
     allocations: ClassVar[tuple[str, ...]] = ("uniform",)
     points_per_image: int = 10
     min_rows_per_input: float = 4.0

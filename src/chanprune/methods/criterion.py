@@ -1,13 +1,12 @@
 """Criterion pruning: score every channel with one criterion, allocate uniformly or globally, remove the lowest.
 
-Serves :class:`~chanprune.config.CriterionConfig` and every config a criterion's registration creates
+Serves :class:`~chanprune.criteria.CriterionConfig` and every config a criterion's registration creates
 (``L1Config``, ``TaylorConfig``, ...): the criterion is the config's ``criterion`` field.
 """
 from __future__ import annotations
 
 from .. import allocation as alloc
-from ..config import CriterionConfig
-from ..criteria import get_criterion
+from ..criteria import CriterionConfig, get_criterion
 from .pipeline import PruneSession, register_planner
 
 

@@ -24,6 +24,7 @@ from ..cost import CostModel, count
 from ..criteria import ScoreContext
 from ..errors import ConfigError, VerificationError
 from ..graph import PruningGraph, lowest
+from ..recovery import RecoveryContext, get_recovery
 from .registry import Handler, register_method
 
 Planner = Callable[["PruneSession"], dict[int, list[int]]]
@@ -90,14 +91,8 @@ def run_pipeline(model: nn.Module, config: PruneConfig, data, example_inputs: to
     # weights on purpose, after it.
     for step in session.post_surgery:
         step(pruned)
-    if config.recover in ("compensate", "compensate+bn"):
-        from ..recovery import apply_compensation
-
-        session.notes["compensation"] = apply_compensation(model, pruned, session.graph, report.removed, session.batches)
-    if config.recover in ("bn", "compensate+bn"):
-        from ..engine import recalibrate_bn
-
-        recalibrate_bn(pruned, data, num_batches=config.recover_batches, batch_size=config.batch_size)
+    session.notes.update(get_recovery(config.recover).apply(
+        RecoveryContext(model, pruned, session.graph, report.removed, session.batches, data, config)))
     pruned.eval()
     macs1, params1 = count(pruned, session.example_inputs)
     record = {

@@ -18,10 +18,12 @@ from .compensation import (  # noqa: F401
     expected_loss,
 )
 from .lstsq import lstsq_refit  # noqa: F401
+from .registry import RECOVERIES, Recovery, RecoveryContext, get_recovery, register_recovery  # noqa: F401
+from . import recoveries  # noqa: F401  (registration)
 from .stats import Moments, consumer_moments, consumer_rows, patches  # noqa: F401
 
 __all__ = [
     "Compensation", "Moments", "apply_compensation", "closed_form_loss", "compensate", "compensate_model",
     "consumer_edits", "consumer_moments", "consumer_rows", "expected_loss", "lstsq_refit",
-    "patches",
+    "patches", "RECOVERIES", "Recovery", "RecoveryContext", "get_recovery", "register_recovery",
 ]
