@@ -44,6 +44,7 @@ _EXPORTS = {
     "HierarchicalConfig": "chanprune.methods.hierarchical",
     "CPConfig": "chanprune.methods.cp",
     "CaPConfig": "chanprune.methods.cap",
+    "CACPConfig": "chanprune.methods.cacp",
     "ChanpruneError": "chanprune.errors",
     "decompose": "chanprune.lowrank",
     "DecomposeConfig": "chanprune.lowrank",
