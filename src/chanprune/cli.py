@@ -1,4 +1,4 @@
-"""The ``chanprune`` command: train | evaluate | analyze | prune | finetune | trp | decompose | info | bench | export | demo.
+"""The ``chanprune`` command: train | evaluate | analyze | prune | cacp | finetune | trp | decompose | info | bench | export | demo.
 
 Every command prints a table and writes a JSON record (model, data, method, config, seed, MACs,
 params, accuracy, latency, wall time, versions). Errors chanprune raises on purpose are printed as
@@ -302,12 +302,93 @@ def prune(model: str = typer.Argument(..., help="saved model stem"), data: str =
         from .errors import ConfigError
 
         raise ConfigError(f"--finetune-epochs must be >= 0, got {finetune_epochs}; pass 0 to skip fine-tuning.")
+    if method == "cacp":
+        from .errors import ConfigError
+
+        raise ConfigError("CACP searches once for a family of rates; run `chanprune cacp MODEL --support ... --export ...` instead.")
     extra = {"allow_exceed": allow_exceed} if method == "hierarchical" else {}
     cfg = method_config(method, target_macs=target_macs, target_params=target_params, ratio=ratio, allocation=allocation,
                         round_to=round_to, calibration=calibration, recover=recover, seed=seed, **extra)
     net, bundle = _model_and_data(model, data, root)
     run_prune(net, bundle, cfg, finetune_epochs=finetune_epochs, finetune_limit=finetune_limit, out=Path(out), label=method,
               test_limit=test_limit)
+
+
+def _floats_after(args: list[str], flag: str) -> tuple[list[float] | None, list[str]]:
+    """The numbers after ``flag`` in ``args`` (up to the next option) and the other arguments."""
+    from .errors import ConfigError
+
+    if flag not in args:
+        return None, args
+    i = args.index(flag)
+    j = i + 1
+    while j < len(args) and not args[j].startswith("--"):
+        j += 1
+    try:
+        values = [float(v) for v in args[i + 1:j]]
+    except ValueError:
+        raise ConfigError(f"{flag} takes numbers (fractions of the MACs kept), e.g. {flag} 0.3 0.5 0.7.") from None
+    if not values:
+        raise ConfigError(f"{flag} needs at least one rate, e.g. {flag} 0.3 0.5 0.7.")
+    return values, args[:i] + args[j:]
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def cacp(ctx: typer.Context, model: str = typer.Argument(..., help="saved model stem"), data: str = typer.Option("fashion_mnist"),
+         root: Optional[str] = typer.Option(None), warmup: int = typer.Option(100, help="random warm-up episodes"),
+         episodes: int = typer.Option(800, help="training episodes after the warm-up"),
+         val_images: int = typer.Option(1000, help="validation images carved from the training split for the reward"),
+         calibration: int = typer.Option(256, help="calibration images for the closed-form refits"),
+         criterion: str = typer.Option("l1"), reward_norm: str = typer.Option("running_mean", help="running_mean | paper_table | none"),
+         amc: bool = typer.Option(False, help="AMC mode: no rate input, one search per support rate"),
+         policy: Optional[str] = typer.Option(None, help="a saved policy stem: export from it without searching"),
+         test_limit: Optional[int] = typer.Option(None, help="evaluate on a fixed stratified test subset of this size"),
+         seed: int = typer.Option(0), out: str = typer.Option("runs/cacp")):
+    """One CACP search, pruned models at many rates: --support 0.3 0.5 0.7 --export 0.3 0.4 0.5 0.6 0.7 (fractions of MACs KEPT)."""
+    import chanprune
+    from .errors import ConfigError
+    from .methods.cacp import CACPConfig, CACPFamily, search
+
+    support, rest = _floats_after(list(ctx.args), "--support")
+    export, rest = _floats_after(rest, "--export")
+    if rest:
+        raise ConfigError(f"unexpected argument(s) {' '.join(rest)}; rates go after --support and --export, e.g. --export 0.3 0.5.")
+    net, bundle = _model_and_data(model, data, root)
+    outp = Path(out)
+    t0 = time.time()
+    if policy:
+        family = CACPFamily.load(policy, net, bundle)
+    else:
+        cfg = CACPConfig(support=tuple(support or (0.3, 0.5, 0.7)), conditional=not amc, warmup=warmup, episodes=episodes,
+                         val_images=val_images, calibration=calibration, criterion=criterion, reward_norm=reward_norm, seed=seed)
+        with console.status("CACP search") as status:
+            def progress(e):
+                status.update(f"CACP search: episode {e['episode'] + 1}/{(cfg.warmup + cfg.episodes) * (1 if cfg.conditional else len(cfg.support))}, "
+                              f"R={e['rate']:g}, validation top-1 {e['accuracy']:.1f}%")
+            family = CACPFamily(net, search(net, cfg, bundle, progress=progress), bundle)
+        family.save(outp / "policy")
+    search_seconds = time.time() - t0
+    rates = export or list(family.policy.config.support)
+    dense_acc = chanprune.evaluate(net, bundle, limit=test_limit)["accuracy"]
+    rows, members = [], []
+    for rate in rates:
+        pruned = family.at(rate)
+        acc = chanprune.evaluate(pruned, bundle, limit=test_limit)["accuracy"]
+        rec = pruned.chanprune_history[-1]
+        chanprune.save(pruned, outp / f"rate_{rate:g}" / "model", history=pruned.chanprune_history, extra={"data": bundle.name})
+        members.append({"rate": rate, "accuracy_no_finetune": acc, "macs": rec["macs"], "params": rec["params"],
+                        "keep": rec["cacp"]["keep"], "verified": rec["verified"]})
+        rows.append((f"{rate:.0%}", f"{rec['macs']['ratio']:.1%}", f"{rec['params']['ratio']:.1%}", f"{acc:.2f}%"))
+    write_record(outp / "record.json", {
+        "command": "cacp", "model": getattr(net, "chanprune_spec", {}).get("name"), "data": bundle.name,
+        "rate_convention": "fraction of the dense model's MACs kept", "config": family.policy.config.to_dict(),
+        "dense_accuracy": dense_acc, "test_images": test_limit or len(bundle.test), "search_seconds": family.policy.seconds,
+        "wall_seconds": time.time() - t0, "loaded_policy": policy, "members": members})
+    where = f"{test_limit:,}-image stratified test subset" if test_limit else f"{len(bundle.test):,} test images"
+    console.print(_kv_table(f"CACP family (dense {dense_acc:.2f}%; accuracy on {where}, consumers refit, no fine-tune)", rows,
+                            ("MACs kept (asked)", "MACs kept", "params kept", "accuracy")))
+    console.print(f"search {family.policy.seconds:.0f}s; wrote {outp / 'policy.json'}, {outp}/rate_*/model.*, {outp / 'record.json'}"
+                  if not policy else f"exported from {policy} in {search_seconds:.0f}s; wrote {outp}/rate_*/model.*, {outp / 'record.json'}")
 
 
 # ------------------------------------------------------------------------------------------- finetune
