@@ -23,8 +23,9 @@ run: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -p no:cacheprovider tests
 
+# The recovery protocol on runs/zoo, then the README tables (resumable; `$(PY) -m bench.run_all --help`).
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) -m bench.run_all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -1,6 +1,6 @@
-"""Issue 4 benchmark: does the effective-filter analysis find the knee, and does hierarchical pruning win?
+"""Does the effective-filter analysis find the knee, and does hierarchical pruning win?
 
-    python bench/effective_filters.py resnet56 [--quick]
+    python -m bench.effective_filters resnet56 [--quick]
 
 For one shipped Fashion-MNIST checkpoint it writes bench/results/effective_<model>.json with
   1. sweep:    accuracy without fine-tuning vs kept MACs (hierarchical, allow_exceed), the analysis'
@@ -23,27 +23,22 @@ stratified 2,000-image subset of the test split (seed 0). Threads: 1 per process
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
-import platform
 import time
-from pathlib import Path
 
 import torch
 
-import chanprune
-from chanprune._atomic import write_text_atomic
+from bench.harness import RESULTS, Bench, Results, in_batches, kept, versions
 from chanprune.analysis import AnalysisConfig, analyze
-from chanprune.criteria import HRankConfig, L1Config, TaylorConfig
-from chanprune.engine import evaluate, finetune, recalibrate_bn
+from chanprune.config import HRankConfig, L1Config, TaylorConfig
 from chanprune.errors import ChanpruneError
 from chanprune.methods.hierarchical import HierarchicalConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 CALIBRATION = 512
 TEST_SUBSET = 2000
 FT_IMAGES = 5000
+BN = {"batches": 20, "batch_size": 64}  # BatchNorm re-estimated on shuffled training batches
 
 
 def reset_peak_rss() -> None:
@@ -60,55 +55,29 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-class Bench:
+class EffectiveBench(Bench):
     def __init__(self, model_name: str, quick: bool):
-        self.model_name = model_name
-        self.data = chanprune.load_data("fashion_mnist")
-        self.model = chanprune.load(ROOT / "checkpoints" / f"{model_name}_fashion_mnist" / "model").eval()
-        self.test = [(self.data.normalize(x_u8), y) for x_u8, y in self._test_batches()]
-        self.quick = quick
+        super().__init__(f"{model_name}_fashion_mnist", "fashion_mnist", test_images=TEST_SUBSET,
+                         calibration_images=CALIBRATION)
+        self.model_name, self.model, self.quick = model_name, self.dense, quick
 
-    def _test_batches(self):
-        subset = self.data.test.subset(TEST_SUBSET, seed=0)
-        for i in range(0, len(subset), 500):
-            yield subset.images[i : i + 500], subset.labels[i : i + 500]
-
-    def accuracy(self, model) -> float:
-        return evaluate(model, self.test)["accuracy"]
-
-    def recover(self, model):
-        recalibrate_bn(model, self.data, num_batches=20, batch_size=64)
-        return model.eval()
-
-    def prune(self, config):
-        t0 = time.perf_counter()
-        pruned = chanprune.prune(self.model, config, data=self.data)
-        seconds = time.perf_counter() - t0
-        record = pruned.chanprune_history[-1]
+    def prune_row(self, config):
+        pruned, record, seconds = self.prune(config)
         raw = self.accuracy(pruned)
-        self.recover(pruned)
-        return pruned, {"macs_ratio": record["macs"]["ratio"], "params_ratio": record["params"]["ratio"],
+        self.recalibrate(pruned, num_batches=BN["batches"], batch_size=BN["batch_size"], source=self.data)
+        return pruned, {"macs_ratio": kept(record, "macs"), "params_ratio": kept(record, "params"),
                         "accuracy_raw": raw, "accuracy_no_finetune": self.accuracy(pruned), "prune_seconds": seconds,
                         "verified": record["verified"], "analysis": record.get("analysis")}
 
-    def finetuned(self, pruned) -> float:
-        model = copy.deepcopy(pruned)
-        finetune(model, self.data, epochs=1, lr=0.01, limit_train=FT_IMAGES, progress=False, eval_each_epoch=False)
-        return self.accuracy(model.eval())
+    def finetuned_accuracy(self, pruned) -> float:
+        tuned, _ = self.finetuned(pruned, {"epochs": 1, "lr": 0.01, "train_images": FT_IMAGES}, device="auto")
+        return self.accuracy(tuned)
 
 
 def knee(dense: float, sweep: list[dict]) -> float | None:
     """Smallest kept-MAC fraction whose no-fine-tune accuracy is within 1 point of dense."""
     ok = [r["macs_ratio"] for r in sweep if r["accuracy_no_finetune"] >= dense - 1.0]
     return min(ok) if ok else None
-
-
-def interpolate(sweep: list[dict], keep: float) -> float | None:
-    pts = sorted((r["macs_ratio"], r["accuracy_no_finetune"]) for r in sweep)
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-        if x0 <= keep <= x1:
-            return y0 + (y1 - y0) * (keep - x0) / (x1 - x0) if x1 > x0 else y0
-    return None
 
 
 def main(argv=None) -> int:
@@ -119,18 +88,18 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     parts = set(args.parts.split(","))
-    b = Bench(args.model, args.quick)
-    path = ROOT / "bench" / "results" / f"effective_{args.model}{'_quick' if args.quick else ''}.json"
-    out = json.loads(path.read_text()) if path.exists() else {}
+    b = EffectiveBench(args.model, args.quick)
+    res = Results(RESULTS / f"effective_{args.model}{'_quick' if args.quick else ''}.json", empty={})
+    out = dict(res.doc)  # parts not run this time keep their earlier results
     out.update({"model": args.model, "data": "fashion_mnist", "calibration": CALIBRATION, "test_subset": TEST_SUBSET,
-           "finetune": {"epochs": 1, "images": FT_IMAGES, "lr": 0.01}, "bn_recalibration": {"batches": 20, "batch_size": 64},
-           "threads": 1, "versions": {"torch": torch.__version__, "chanprune": chanprune.__version__, "python": platform.python_version()}})
+                "finetune": {"epochs": 1, "images": FT_IMAGES, "lr": 0.01}, "bn_recalibration": BN, "threads": 1,
+                "versions": versions()})
     dense = b.accuracy(b.model)
     out["dense_accuracy"] = dense
-    save = lambda: write_text_atomic(path, json.dumps(out, indent=1))  # noqa: E731
+    save = lambda: res.merge(out)  # noqa: E731
 
-    x, y = b.data.calibration(CALIBRATION, seed=0)
-    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
+    x, y = b.calib_pair
+    batches = in_batches(x, y)
     base_cfg = AnalysisConfig(samples=CALIBRATION)  # the default reading and threshold
     result = analyze(b.model, batches, base_cfg)
     out["analysis_config"] = {"reading": base_cfg.reading, "rule": base_cfg.rule, "threshold": base_cfg.threshold,
@@ -192,11 +161,10 @@ def main(argv=None) -> int:
         sweep = []
         for keep in sorted(set([round(k, 4) for k in keeps + marks]), reverse=True):
             try:
-                _, r = b.prune(HierarchicalConfig(target_macs=keep, calibration=CALIBRATION, allow_exceed=True))
+                _, r = b.prune_row(HierarchicalConfig(target_macs=keep, calibration=CALIBRATION, allow_exceed=True))
             except ChanpruneError as exc:
                 r = {"error": str(exc)}
             sweep.append({"target": keep, **{k: v for k, v in r.items() if k != "analysis"}})
-            save_sweep = [s for s in sweep if "error" not in s]
             out["sweep"] = sweep
             save()
         good = [s for s in sweep if "error" not in s]
@@ -233,7 +201,7 @@ def main(argv=None) -> int:
             for reading, threshold in settings:
                 acfg = AnalysisConfig(reading=reading, threshold=threshold, samples=CALIBRATION if reading == "gate" else 256)
                 try:
-                    _, r = b.prune(HierarchicalConfig(target_macs=target, calibration=CALIBRATION, allow_exceed=True,
+                    _, r = b.prune_row(HierarchicalConfig(target_macs=target, calibration=CALIBRATION, allow_exceed=True,
                                                       analysis=acfg))
                     r.pop("analysis", None)
                 except ChanpruneError as exc:
@@ -256,9 +224,9 @@ def main(argv=None) -> int:
         for target in ([0.5] if args.quick else [0.5, 0.33, 0.25]):
             for name, make in methods.items():
                 try:
-                    pruned, r = b.prune(make(target))
+                    pruned, r = b.prune_row(make(target))
                     r.pop("analysis", None)
-                    r["accuracy_finetuned"] = None if args.quick else b.finetuned(pruned)
+                    r["accuracy_finetuned"] = None if args.quick else b.finetuned_accuracy(pruned)
                 except ChanpruneError as exc:
                     r = {"error": str(exc)}
                 rows.append({"target": target, "method": name, **r})

@@ -1,7 +1,7 @@
 """The README's two commands, timed as a new user meets them: a fresh clone, no .venv, an empty data cache.
 
-    python bench/fresh_clone.py                 # each command in its own fresh clone of HEAD (temp folders)
-    python bench/fresh_clone.py --keep-cache    # reuse ~/.cache/chanprune instead of downloading the data again
+    python -m bench.fresh_clone                 # each command in its own fresh clone of HEAD (temp folders)
+    python -m bench.fresh_clone --keep-cache    # reuse ~/.cache/chanprune instead of downloading the data again
 
 Writes bench/results/fresh_clone.json: per command its wall time, exit status, and the last lines it printed;
 for `make run` also the before/after record the demo wrote (runs/demo/record.json). The machine should be quiet
@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from chanprune._atomic import write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-from chanprune._atomic import write_text_atomic  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "fresh_clone.json"
 

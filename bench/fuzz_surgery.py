@@ -1,6 +1,6 @@
 """Fuzz the verified surgery on many Hypothesis-generated architectures; write the counts as JSON.
 
-    python bench/fuzz_surgery.py [--examples 300] [--seed 0] [--out bench/results/fuzz_summary.json]
+    python -m bench.fuzz_surgery [--examples 300] [--seed 0] [--out bench/results/fuzz_summary.json]
 
 The same trial as ``tests/fuzz/test_architectures.py`` (which runs a few dozen derandomized examples in
 ``make test``), on many more random examples: build a drawn architecture, draw a random plan (random
@@ -31,19 +31,17 @@ from pathlib import Path
 
 import torch
 
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import strategies as st
+
+from chanprune._atomic import write_text_atomic
+from chanprune.errors import ChanpruneError, PruneError, VerificationError
+from chanprune.graph import PruningGraph
+from chanprune.surgery import TOLERANCE, apply_plan, prune_copy
+from tests.fuzz._archs import FuzzNet, arch_specs, example_input, known_gaps, one_sentence, plans
+from tests.fuzz.test_architectures import _independent_check, _same, _snapshot
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "src"))
-
-from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from chanprune._atomic import write_text_atomic  # noqa: E402
-from chanprune.errors import ChanpruneError, PruneError, VerificationError  # noqa: E402
-from chanprune.graph import PruningGraph  # noqa: E402
-from chanprune.surgery import TOLERANCE, apply_plan, prune_copy  # noqa: E402
-from tests.fuzz._archs import FuzzNet, arch_specs, example_input, known_gaps, one_sentence, plans  # noqa: E402
-from tests.fuzz.test_architectures import _independent_check, _same, _snapshot  # noqa: E402
 
 
 def _cause(msg: str) -> str:

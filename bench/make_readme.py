@@ -1,6 +1,6 @@
 """Regenerate the README's generated sections from committed JSON (never typed by hand).
 
-    python bench/make_readme.py
+    python -m bench.make_readme
 
 Sections are delimited by <!-- NAME:start --> / <!-- NAME:end --> markers:
   zoo        — checkpoints/*/record.json (written by bench/train_zoo.py)
@@ -58,7 +58,7 @@ def _pct(x) -> str:
 def effective_section() -> str:
     files = sorted(p for p in RESULTS.glob("effective_*.json") if not p.stem.endswith("_quick"))
     if not files:
-        return "_Not run yet: `python bench/effective_filters.py <model>`._"
+        return "_Not run yet: `python -m bench.effective_filters <model>`._"
     parts = []
     knee_rows, cost_rows, reading_rows, prune_rows = [], [], [], []
     defaults = set()
@@ -136,7 +136,7 @@ def effective_section() -> str:
 
 def results_section() -> str:
     """The scoreboard (bench/scoreboard.py): tables from bench/results/scoreboard_*.json, plots to bench/plots/."""
-    import scoreboard_report as report  # bench/scoreboard_report.py, next to this file
+    from bench import scoreboard_report as report
 
     docs = report.load_docs(RESULTS)
     plots = report.make_plots(docs, ROOT / "bench" / "plots") if docs else []
@@ -147,7 +147,7 @@ def trp_section() -> str:
     """TRP vs plain SVD and TRP + channel pruning (bench/trp.py): tables from bench/results/trp_<model>.json."""
     files = sorted(RESULTS.glob("trp_*.json"))
     if not files:
-        return "_Not run yet: `python bench/trp.py resnet20`._"
+        return "_Not run yet: `python -m bench.trp resnet20`._"
     what = {"dense": "shipped checkpoint", "svd": "plain SVD, MACs matched to TRP, no fine-tune",
             "svd_ft": "plain SVD + fine-tune (TRP's schedule)", "trp": "TRP-trained, decomposed at e, no fine-tune",
             "trp_value": "TRP-trained, decomposed keeping σ ≥ 0.05 (official rule), no fine-tune",
@@ -221,7 +221,7 @@ def recovery_section() -> str:
     """Accuracy back without retraining (bench/recovery.py): tables from bench/results/recovery_<model>.json."""
     files = sorted(f for f in RESULTS.glob("recovery_*.json") if not f.stem.endswith("_quick"))
     if not files:
-        return "_Not run yet: `python bench/recovery.py resnet56` and `python bench/recovery.py vgg16_bn`._"
+        return "_Not run yet: `python -m bench.recovery resnet56` and `python -m bench.recovery vgg16_bn`._"
     main_rows, calib_rows, notes, gaps = [], [], [], []
     unresolved = False  # some row's analysis kept groups whole (fewer images than channels): footnote ¹
     names = {"l1": "L1", "l1+comp": "L1 + compensation", "hierarchical": "hierarchical",
@@ -306,10 +306,10 @@ def recovery_section() -> str:
 def fresh_section() -> str:
     path = RESULTS / "fresh_clone.json"
     if not path.exists():
-        return "_Not measured yet: `python bench/fresh_clone.py`._"
+        return "_Not measured yet: `python -m bench.fresh_clone`._"
     r = json.loads(path.read_text())
     run, test, rec = r["make_run"], r["make_test"], r["make_run"].get("record")
-    lines = [f"Measured by `python bench/fresh_clone.py` (commit `{r['commit'][:8]}`, {r['machine']['cpus']} CPU cores, "
+    lines = [f"Measured by `python -m bench.fresh_clone` (commit `{r['commit'][:8]}`, {r['machine']['cpus']} CPU cores, "
              f"load average {r['load_average_start'][0]:.1f} at start; each command in its own fresh clone with no `.venv` "
              f"and {r['data_cache']}): `make run` took **{run['wall_seconds'] / 60:.1f} min** (exit {run['exit_status']}), "
              f"`make test` **{test['wall_seconds'] / 60:.1f} min** (exit {test['exit_status']}), installation included."]
@@ -332,7 +332,7 @@ SECTIONS = {"zoo": zoo_section, "effective": effective_section, "results": resul
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Regenerate every README section, or only those named: ``python bench/make_readme.py zoo effective``."""
+    """Regenerate every README section, or only those named: ``python -m bench.make_readme zoo effective``."""
     names = list(sys.argv[1:] if argv is None else argv) or list(SECTIONS)
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:

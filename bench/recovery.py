@@ -1,6 +1,6 @@
-"""Issue 5 benchmark: accuracy back without retraining — L1, hierarchical, CP, CaP, with and without compensation.
+"""Accuracy back without retraining — L1, hierarchical, CP, CaP, with and without compensation.
 
-    python bench/recovery.py resnet56 [--parts main,calibration,finetune] [--quick]
+    python -m bench.recovery resnet56 [--parts main,calibration,finetune] [--quick]
 
 For one shipped Fashion-MNIST checkpoint (resnet56, or vgg16_bn — the shipped VGG-16-BN has width 0.5)
 it writes bench/results/recovery_<model>.json, one row at a time (a rerun skips rows already there):
@@ -24,9 +24,8 @@ it writes bench/results/recovery_<model>.json, one row at a time (a rerun skips 
   finetune     every main row's model without fine-tune (the method's own recovery; for l1 and hierarchical,
                which have none, after the BN re-estimation) fine-tuned with one recipe: 1 epoch over a fixed
                stratified 2,000-image training subset (seed 0), SGD (momentum 0.9, Nesterov, weight decay
-               5e-4) at lr 0.01 with a cosine schedule, batch 128, the loader's default augmentation. The ResNet-56 fine-tunes
-               ran with oneDNN disabled (recorded per row as finetune_onednn) before the loader's stride fix ended the
-               heap corruption its conv backward caused; later rows run with it, as users do.
+               5e-4) at lr 0.01 with a cosine schedule, batch 128, the loader's default augmentation. Each row records
+               whether oneDNN was enabled during its fine-tune (finetune_onednn).
 
 Accuracy is on a fixed stratified 2,000-image subset of the test split (seed 0). One thread per process.
 """
@@ -36,23 +35,18 @@ import argparse
 import copy
 import hashlib
 import json
-import platform
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-import chanprune
-from chanprune._atomic import write_text_atomic
-from chanprune.criteria import L1Config
-from chanprune.engine import evaluate, finetune, recalibrate_bn
+from bench.harness import RESULTS, Bench, Results, in_batches, kept, versions
+from chanprune.config import L1Config
 from chanprune.errors import ChanpruneError
 from chanprune.methods.cap import CaPConfig
 from chanprune.methods.cp import CPConfig
 from chanprune.methods.hierarchical import HierarchicalConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 TEST_SUBSET = 2000
 CALIBRATION = 500
 SIZES = (100, 2000)
@@ -82,12 +76,11 @@ def _digest(images: torch.Tensor) -> list[str]:
     return [hashlib.sha1(img.numpy().tobytes()).hexdigest() for img in images]
 
 
-class Bench:
+class RecoveryBench(Bench):
     def __init__(self, model_name: str):
-        self.data = chanprune.load_data("fashion_mnist")
-        self.model = chanprune.load(ROOT / "checkpoints" / f"{model_name}_fashion_mnist" / "model").eval()
-        sub = self.data.test.subset(TEST_SUBSET, seed=0)
-        self.test = [(self.data.normalize(sub.images[i : i + 500]), sub.labels[i : i + 500]) for i in range(0, len(sub), 500)]
+        super().__init__(f"{model_name}_fashion_mnist", "fashion_mnist", test_images=TEST_SUBSET,
+                         calibration_images=CALIBRATION)
+        self.model = self.dense
         # held-out: training images outside the largest calibration set (the sets are nested)
         biggest = max((CALIBRATION,) + SIZES)
         used = set(_digest(self.data.train.subset(biggest, seed=0).images))
@@ -96,12 +89,8 @@ class Bench:
         self.held_out = self.data.normalize(pool.images[keep])
         assert len(self.held_out) == HELD_OUT
 
-    def accuracy(self, model) -> float:
-        return evaluate(model, self.test)["accuracy"]
-
     def calibration(self, n: int):
-        x, y = self.data.calibration(n, seed=0)
-        return [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
+        return in_batches(*self.data.calibration(n, seed=0))
 
 
 # --------------------------------------------------------------------------- reconstruction error
@@ -193,22 +182,18 @@ def reconstruction(dense: nn.Module, pruned: nn.Module, x: torch.Tensor) -> dict
 # --------------------------------------------------------------------------- rows
 
 
-def prune_row(b: Bench, method: str, target: float, n: int, with_recon: bool):
+def prune_row(b: RecoveryBench, method: str, target: float, n: int, with_recon: bool):
     """Prune, measure as returned and after BN re-estimation; returns (model without fine-tune, row)."""
-    cfg = METHODS[method](target, n)
-    t0 = time.perf_counter()
-    pruned = chanprune.prune(b.model, cfg, data=b.data)
-    seconds = time.perf_counter() - t0
-    record = pruned.chanprune_history[-1]
+    pruned, record, seconds = b.prune(METHODS[method](target, n))
     row = {
         "method": method, "target": target, "calibration_images": n, "own_recovery": OWN_RECOVERY[method],
-        "macs_ratio": record["macs"]["ratio"], "params_ratio": record["params"]["ratio"], "prune_seconds": seconds,
+        "macs_ratio": kept(record, "macs"), "params_ratio": kept(record, "params"), "prune_seconds": seconds,
         "prune_seconds_parts": record["seconds"], "verified": record["verified"],
         "accuracy_returned": b.accuracy(pruned),
     }
     bn = copy.deepcopy(pruned)
     t0 = time.perf_counter()
-    seen = recalibrate_bn(bn, b.calibration(n), num_batches=10**6)
+    seen = b.recalibrate(bn, source=b.calibration(n))
     row["bn_seconds"] = time.perf_counter() - t0
     row["bn_images"] = seen
     row["accuracy_bn"] = b.accuracy(bn)
@@ -235,28 +220,22 @@ def main(argv=None) -> int:
     parts = set(args.parts.split(","))
     methods = [m for m in args.methods.split(",") if m] if args.methods else [
         m for m in METHODS if not (m == "cp-nocorr" and args.model != "resnet56")]  # VGG has no residual branches
-    path = ROOT / "bench" / "results" / f"recovery_{args.model}{'_quick' if args.quick else ''}.json"
-    out = json.loads(path.read_text()) if path.exists() else {}
-    b = Bench(args.model)
-    out.update({
+    b = RecoveryBench(args.model)
+    header = {
         "model": args.model, "model_note": "width 0.5, as shipped" if args.model == "vgg16_bn" else "full width",
         "data": "fashion_mnist", "test_subset": TEST_SUBSET, "calibration": CALIBRATION, "calibration_sizes": [100, 500, 2000],
         "held_out_images": HELD_OUT, "finetune": FT, "threads": 1,
-        "command": f"python bench/recovery.py {args.model}" + (" --quick" if args.quick else ""),
-        "versions": {"torch": torch.__version__, "chanprune": chanprune.__version__, "python": platform.python_version()},
-    })
-    if "dense_accuracy" not in out:
-        out["dense_accuracy"] = b.accuracy(b.model)
-    out.setdefault("rows", [])
-    save = lambda: write_text_atomic(path, json.dumps(out, indent=1))  # noqa: E731
-    save()
-
-    def have(kind, method, target, n):
-        return any(r["kind"] == kind and r["method"] == method and r["target"] == target and r["calibration_images"] == n
-                   for r in out["rows"])
+        "command": f"python -m bench.recovery {args.model}" + (" --quick" if args.quick else ""), "versions": versions(),
+    }
+    res = Results(RESULTS / f"recovery_{args.model}{'_quick' if args.quick else ''}.json", header, key=row_key)
+    if "dense_accuracy" not in res.doc:
+        res.merge({"dense_accuracy": b.accuracy(b.model)})
+    res.save()
 
     def run(kind, method, target, n, finetune_too):
-        if have(kind, method, target, n) and not (finetune_too and _needs_ft(out, kind, method, target, n)):
+        key = (kind, method, target, n)
+        prev = res.row(key)
+        if prev is not None and not (finetune_too and "error" not in prev and "accuracy_finetuned" not in prev):
             return
         print(f"[{kind}] {method} target={target} calibration={n}", flush=True)
         try:
@@ -264,18 +243,14 @@ def main(argv=None) -> int:
         except ChanpruneError as exc:
             row, model = {"method": method, "target": target, "calibration_images": n, "error": str(exc)}, None
         row["kind"] = kind
-        out["rows"] = [r for r in out["rows"] if not (r["kind"] == kind and r["method"] == method and r["target"] == target
-                                                      and r["calibration_images"] == n)] + [row]
-        save()
+        res.add(row)
         if finetune_too and model is not None:
-            tuned = copy.deepcopy(model)
-            t0 = time.perf_counter()
-            finetune(tuned, b.data, epochs=FT["epochs"], lr=FT["lr"], batch_size=FT["batch_size"],
-                     limit_train=FT["images"], progress=False, eval_each_epoch=False)
-            row["finetune_seconds"] = time.perf_counter() - t0
+            tuned, row["finetune_seconds"] = b.finetuned(model, {"epochs": FT["epochs"], "lr": FT["lr"],
+                                                                 "batch_size": FT["batch_size"],
+                                                                 "train_images": FT["images"]}, device="auto")
             row["finetune_onednn"] = torch.backends.mkldnn.enabled
-            row["accuracy_finetuned"] = b.accuracy(tuned.eval())
-            save()
+            row["accuracy_finetuned"] = b.accuracy(tuned)
+            res.add(row)
 
     targets = TARGETS[:1] if args.quick else TARGETS
     if "main" in parts:
@@ -288,14 +263,13 @@ def main(argv=None) -> int:
             for method in methods:
                 if method not in EXTRA:
                     run("calibration", method, 0.5, n, finetune_too=False)
-    print(json.dumps({"model": out["model"], "dense_accuracy": out["dense_accuracy"], "rows": len(out["rows"])}))
+    print(json.dumps({"model": args.model, "dense_accuracy": res.doc["dense_accuracy"], "rows": len(res.rows())}))
     return 0
 
 
-def _needs_ft(out, kind, method, target, n) -> bool:
-    row = next(r for r in out["rows"] if r["kind"] == kind and r["method"] == method and r["target"] == target
-               and r["calibration_images"] == n)
-    return "error" not in row and "accuracy_finetuned" not in row
+def row_key(row: dict) -> tuple:
+    """A row is one (part, method, MAC target, calibration size)."""
+    return row["kind"], row["method"], row["target"], row["calibration_images"]
 
 
 if __name__ == "__main__":

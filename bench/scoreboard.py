@@ -1,17 +1,33 @@
-"""Issue 6, the scoreboard: every chanprune method against Torch-Pruning, on the same rows.
+"""The scoreboard: every chanprune method against Torch-Pruning, on the same rows.
 
-    python bench/scoreboard.py --quick          # smoke check, a few minutes
-    python bench/scoreboard.py --supervise      # the full run (resumable; restarts after an abort)
-    python bench/make_readme.py results         # README Results + PNG plots (bench/scoreboard_report.py)
+    python -m bench.scoreboard --quick          # smoke check, a few minutes
+    python -m bench.scoreboard --supervise      # the original full run (resumable; restarts after an abort)
+    python -m bench.make_readme results         # README Results + PNG plots (bench/scoreboard_report.py)
 
 Each process runs on one thread; start two (they share a model's file row by row) to use two cores.
 
-For each model × data × MAC target × method: load the shipped checkpoint, prune it to the target, then record
-accuracy before and after BatchNorm re-estimation (no fine-tune), accuracy after the same short fine-tune for
-several seeds (mean ± std), MACs, params, interleaved CPU latency speed-up at batch 1 and 32, the wall time of
-the pruning step, the calibration images used, the seed and the versions. One JSON per model
-(``bench/results/scoreboard_<model>_<data>.json``); every finished row is written at once (atomically) and rows
-already present are skipped, so a killed run resumes where it stopped.
+For each model × data × MAC target × method: load the checkpoint, prune it to the target, then record accuracy
+before and after BatchNorm re-estimation (no fine-tune), accuracy after a fine-tune for several seeds
+(mean ± std), MACs, params, interleaved CPU latency speed-up at batch 1 and 32, the wall time of the pruning
+step, the calibration images used, the seed and the versions. One JSON per model; every finished row is written
+at once (atomically) and rows already present are skipped, so a killed run resumes where it stopped.
+
+The recovery protocol (``--protocol``), the same for every method, on any zoo folder (``--zoo runs/zoo``):
+
+  (a) no fine-tune: every method at every target, BatchNorm re-estimated on the calibration images (the same
+      images every method prunes with);
+  (b) one full epoch over the training split (``PROTOCOL_RECIPE['finetune']``: lr 0.01, cosine) for the two
+      best chanprune rows and the two best Torch-Pruning rows of each model × target, chosen from the (a) rows;
+  (c) the budget-matched longer fine-tune (5 epochs, otherwise (b)'s recipe) for the best row of each family,
+      chosen from the (b) rows.
+Fine-tunes run with 3 seeds and on the GPU when there is one (``--finetune-device auto``). Ties are ties:
+within the larger seed std after a fine-tune, within one binomial standard error without (bench.harness).
+Each protocol writes to its own folder, bench/results/<zoo>_protocol_<p>/, so rows of different protocols,
+zoos and recipes never share a file:
+
+    python -m bench.scoreboard --zoo runs/zoo --protocol a
+    python -m bench.scoreboard --zoo runs/zoo --protocol b --finetune-device auto
+    python -m bench.scoreboard --zoo runs/zoo --protocol c --finetune-device auto
 
 Peers run through Torch-Pruning's own public API as its users call it: ``tp.pruner.BasePruner`` with
 ``tp.importance.*`` (Taylor gradients and Hessian per-sample gradients accumulated on the calibration images the
@@ -21,9 +37,9 @@ discovered from ``chanprune.api.METHODS`` (a newly registered method joins witho
 re-implementations of criteria Torch-Pruning already has (``OURS_SKIP``), which are compared through
 Torch-Pruning's own implementation instead.
 
-The same for everyone: the checkpoint, 512 calibration images (a stratified seed-0 subset of the training split),
-BatchNorm re-estimation on exactly those images, the fine-tune recipe (``RECIPE``), the test subset, and the
-latency protocol. Nothing here is tuned per method.
+The same for everyone: the checkpoint, the calibration images (a stratified seed-0 subset of the training
+split), BatchNorm re-estimation on exactly those images, the fine-tune recipe, the test subset, and the latency
+protocol. Nothing here is tuned per method.
 """
 from __future__ import annotations
 
@@ -31,12 +47,9 @@ import argparse
 import copy
 import dataclasses
 import json
-import math
-import platform
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,8 +58,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+from bench.harness import (CHECKPOINTS, RESULTS, ROOT, Bench, Results, claim, compare, compare_no_ft, device_name,
+                           jsonable, mean_std, merge, one_line, versions)
+
 SCHEMA = 1
 
 # ------------------------------------------------------------------------------------------ settings
@@ -116,6 +130,39 @@ OURS_FALLBACKS = [("ours.hierarchical+exceed", "hierarchical", {"allow_exceed": 
 PRIORITY = ["ours.hierarchical", "tp.l1", "tp.l2_global", "tp.taylor", "ours.hierarchical+compensate", "ours.cap",
             "ours.cp", "tp.l2_isomorphic", "tp.fpgm", "tp.bn_scale", "tp.hessian", "tp.l1_global", "tp.l2",
             "ours.hrank", "ours.l1+compensate", "ours.hierarchical+exceed", "ours.hierarchical+compensate+exceed"]
+
+# The recovery protocol (--protocol): one recipe for every method, stated once. Larger calibration and test sets
+# than the original run: BatchNorm statistics from 2,000 images, accuracies on the whole test split (so one
+# binomial standard error, the tie margin without a fine-tune, is about 0.25 points at 93 %).
+PROTOCOL_RECIPE = {
+    "calibration_images": 2000,
+    "calibration_seed": 0,
+    "bn_recalibration": "all calibration images, batches of 64, exact average (chanprune.engine.recalibrate_bn)",
+    "test_images": 10000,
+    "finetune": {"epochs": 1, "train_images": None, "lr": 0.01, "schedule": "cosine", "batch_size": 128,
+                 "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "augment": True,
+                 "note": "chanprune.engine.finetune over the whole training split (train_images None), starting from "
+                         "the BN-re-estimated pruned model; the seed sets the batch order and augmentation"},
+    "seeds": [0, 1, 2],
+    "latency": RECIPE["latency"],
+    "tolerance": RECIPE["tolerance"],
+    "accept_tolerance": RECIPE["accept_tolerance"],
+    "ties": "fine-tuned: means within the larger seed std; no fine-tune: within one binomial standard error of "
+            "the difference on the test images",
+    "threads": 1,
+}
+# protocol -> what it does: the fine-tune over PROTOCOL_RECIPE's (None: none) and which rows it takes from which
+# protocol (source protocol, rows per family per model × target, ranked by no-fine-tune or fine-tuned accuracy).
+PROTOCOLS = {
+    "a": {"text": "no fine-tune; BatchNorm re-estimated on the calibration images", "finetune": None,
+          "select": None},
+    "b": {"text": "one full epoch over the training split, lr 0.01 cosine, 3 seeds, for the two best chanprune "
+                  "and the two best Torch-Pruning rows of (a)", "finetune": {"epochs": 1},
+          "select": ("a", 2, "no_ft")},
+    "c": {"text": "five epochs over the training split (otherwise (b)'s recipe), 3 seeds, for the best chanprune "
+                  "and the best Torch-Pruning row of (b)", "finetune": {"epochs": 5},
+          "select": ("b", 1, "ft")},
+}
 
 
 # ------------------------------------------------------------------------------------------ methods
@@ -284,7 +331,7 @@ def ours_method(mid: str, name: str, overrides: dict, fallback_for: str | None =
         pruned = chanprune.prune(ctx.dense, config, data=ctx.calib_pair, example_inputs=ctx.example)
         seconds = time.perf_counter() - t0
         rec = pruned.chanprune_history[-1]
-        info = {"config": _jsonable(rec["config"]), "seconds": rec["seconds"], "verified": rec["verified"]}
+        info = {"config": jsonable(rec["config"]), "seconds": rec["seconds"], "verified": rec["verified"]}
         if "warning" in rec:
             info["warning"] = rec["warning"]
         if "analysis" in rec:
@@ -321,70 +368,19 @@ def all_methods() -> list[Method]:
 
 # ------------------------------------------------------------------------------------------ context
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, torch.Tensor):
-        return x.tolist()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return _jsonable(dataclasses.asdict(x))
-    if x is None or isinstance(x, (bool, int, float, str)):
-        return x
-    return repr(x)
+class Context(Bench):
+    """One checkpoint with the recipe every row shares; fine-tunes run on ``finetune_device``, everything else
+    (pruning, accuracy, latency) on the CPU."""
 
-
-class Context:
-    """One model and data set, with everything every row shares."""
-
-    def __init__(self, model_name: str, data_name: str, folder: str, recipe: dict, finetune_device: str = "cpu"):
-        import chanprune
-        from chanprune.measurement import count_macs_params
-
-        self.model_name, self.data_name, self.folder, self.recipe = model_name, data_name, folder, recipe
-        self.finetune_device = finetune_device  # only the fine-tune may move; pruning, accuracy, latency stay on CPU
-        self.data = chanprune.load_data(data_name)
-        self.dense = chanprune.load(ROOT / "checkpoints" / folder / "model").eval()
-        self.num_classes = self.data.num_classes
-        self.example = self.data.example_input(1)
-        self.count = lambda m: count_macs_params(m, self.example)
-        self.dense_macs, self.dense_params = self.count(self.dense)
-        n = recipe["calibration_images"]
-        x, y = self.data.calibration(n, seed=recipe["calibration_seed"])
-        self.calib_pair = (x, y)
-        self.calib_batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), 64)]
-        sub = self.data.test.subset(recipe["test_images"], seed=0)
-        self.test = [(self.data.normalize(sub.images[i:i + 500]), sub.labels[i:i + 500])
-                     for i in range(0, len(sub), 500)]
-        self.test_n = len(sub)
-        self.dense_accuracy = self.accuracy(self.dense)
-        spec = json.loads((ROOT / "checkpoints" / folder / "model.json").read_text())
-        self.model_kwargs = spec.get("kwargs", spec.get("model_kwargs", {}))
-
-    def accuracy(self, model: nn.Module) -> float:
-        from chanprune.engine import evaluate
-        return evaluate(model, self.test, device="cpu")["accuracy"]
-
-    def recalibrate(self, model: nn.Module) -> int:
-        from chanprune.engine import recalibrate_bn
-        return recalibrate_bn(model, self.calib_batches, num_batches=len(self.calib_batches), device="cpu")
+    def __init__(self, model_name: str, data_name: str, folder: str, recipe: dict, finetune_device: str = "cpu",
+                 zoo: Path = CHECKPOINTS):
+        super().__init__(folder, data_name, zoo=zoo, test_images=recipe["test_images"],
+                         calibration_images=recipe["calibration_images"], calibration_seed=recipe["calibration_seed"])
+        self.model_name, self.recipe, self.finetune_device = model_name, recipe, finetune_device
 
     def finetuned_accuracy(self, model: nn.Module, seed: int) -> tuple[float, float]:
-        from chanprune.engine import finetune
-        ft = self.recipe["finetune"]
-        m = copy.deepcopy(model)
-        t0 = time.perf_counter()
-        finetune(m, self.data, epochs=ft["epochs"], lr=ft["lr"], schedule=ft["schedule"], batch_size=ft["batch_size"],
-                 momentum=ft["momentum"], nesterov=ft["nesterov"], weight_decay=ft["weight_decay"],
-                 augment=ft["augment"], limit_train=ft["train_images"], seed=seed, device=self.finetune_device,
-                 progress=False, eval_each_epoch=False)
-        seconds = time.perf_counter() - t0
-        return self.accuracy(m.cpu().eval()), seconds
+        tuned, seconds = self.finetuned(model, self.recipe["finetune"], seed=seed, device=self.finetune_device)
+        return self.accuracy(tuned), seconds
 
     def latency(self, model: nn.Module) -> dict:
         from chanprune.measurement import latency
@@ -396,91 +392,6 @@ class Context:
                            "speedup": res["speedup"]["pruned"][bs]} for bs in lat["batch_sizes"]}
 
 
-# ------------------------------------------------------------------------------------------ results file
-
-def device_name(device: str) -> str:
-    """'cpu', or 'cuda (<GPU name>)' so the README can say which fine-tunes ran where."""
-    if not str(device).startswith("cuda"):
-        return "cpu"
-    return f"cuda ({torch.cuda.get_device_name(torch.device(device))})"
-
-
-def versions() -> dict:
-    import chanprune
-    import torch_pruning as tp
-    from importlib.metadata import version
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"python": platform.python_version(), "torch": torch.__version__, "torch_pruning": version("torch-pruning"),
-            "torch_pruning_module_version": getattr(tp, "__version__", None), "chanprune": chanprune.__version__,
-            "numpy": np.__version__, "cpu": cpu, "mkldnn_enabled": torch.backends.mkldnn.enabled}
-
-
-class Results:
-    """One model's JSON. Every write re-reads the file under a lock and merges by row key, so several processes can
-    fill one file at once (each claims a row with :func:`_try_lock` before running it)."""
-
-    def __init__(self, path: Path, header: dict):
-        self.path = path
-        self.header = {k: v for k, v in header.items() if k not in ("created",)}
-        self.doc = self._read() or {"schema": SCHEMA, **header, "rows": [], "attempts": {}}
-        self.doc.update(self.header)
-
-    def _read(self) -> dict | None:
-        return json.loads(self.path.read_text()) if self.path.exists() else None
-
-    def refresh(self) -> None:
-        """Pick up rows other processes wrote since the last read."""
-        self.doc = {**(self._read() or self.doc), **self.header}
-
-    def keys(self) -> set[str]:
-        return {r["key"] for r in self.doc["rows"]}
-
-    def row(self, key: str) -> dict | None:
-        return next((r for r in self.doc["rows"] if r["key"] == key), None)
-
-    def _update(self, change=None) -> None:
-        """Under an exclusive lock: re-read the file, apply ``change(doc)``, write it atomically, keep it in memory."""
-        import fcntl
-
-        from chanprune._atomic import write_text_atomic
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(_lock_path(self.path, "file"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            doc = {**(self._read() or {"schema": SCHEMA, "rows": [], "attempts": {}}), **self.header}
-            if change is not None:
-                change(doc)
-            write_text_atomic(self.path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
-            self.doc = doc
-
-    def save(self) -> None:
-        self._update()
-
-    def add(self, row: dict) -> None:
-        self._update(lambda doc: doc.__setitem__("rows", [r for r in doc["rows"] if r["key"] != row["key"]] + [row]))
-
-    def drop(self, key: str) -> None:
-        self._update(lambda doc: doc.__setitem__("rows", [r for r in doc["rows"] if r["key"] != key]))
-
-    def set_attempts(self, key: str, n: int) -> None:
-        self._update(lambda doc: doc["attempts"].__setitem__(key, n))
-
-    def attempt(self, key: str) -> int:
-        self.refresh()
-        n = self.doc["attempts"].get(key, 0) + 1
-        self.set_attempts(key, n)
-        return n
-
-    def log_invocation(self, entry: dict) -> None:
-        self._update(lambda doc: doc.setdefault("invocations", []).append(entry))
-
-
 def row_key(target: float, method: str, round_to: int | None) -> str:
     return f"{target:.2f}|{method}|round_to={round_to}"
 
@@ -488,7 +399,7 @@ def row_key(target: float, method: str, round_to: int | None) -> str:
 # ------------------------------------------------------------------------------------------ one row
 
 def run_row(ctx: Context, method: Method, target: float, round_to: int | None, finetune: bool,
-            mkldnn_finetune: bool = True) -> dict:
+            mkldnn_finetune: bool = True, measure_latency: bool = True) -> dict:
     row: dict[str, Any] = {
         "model": ctx.model_name, "data": ctx.data_name, "target_macs": target, "method": method.id,
         "family": method.family, "call": method.describe, "round_to": round_to,
@@ -498,18 +409,19 @@ def run_row(ctx: Context, method: Method, target: float, round_to: int | None, f
     try:
         pruned = method.run(ctx, target, round_to)
     except Exception as exc:  # a refused or failed prune is a row, not a crash
-        row.update(status="failed", reason=_one_line(exc), row_seconds=time.perf_counter() - t_row)
+        row.update(status="failed", reason=one_line(exc), row_seconds=time.perf_counter() - t_row)
         return row
     model = pruned.model
     macs, params = ctx.count(model)
     row.update(status="ok", prune_seconds=pruned.prune_seconds, search_seconds=pruned.search_seconds,
-               info=_jsonable(pruned.info), macs=macs, params=params, macs_ratio=macs / ctx.dense_macs,
+               info=jsonable(pruned.info), macs=macs, params=params, macs_ratio=macs / ctx.dense_macs,
                params_ratio=params / ctx.dense_params,
                within_tolerance=abs(macs / ctx.dense_macs - target) <= ctx.recipe["tolerance"] * target)
     row["accuracy_before_bn"] = ctx.accuracy(model)
     row["bn_images"] = ctx.recalibrate(model)
     row["accuracy_no_ft"] = ctx.accuracy(model)
-    row["latency"] = ctx.latency(model)
+    if measure_latency:
+        row["latency"] = ctx.latency(model)
     if finetune:
         accs, secs = [], []
         before = torch.backends.mkldnn.enabled
@@ -523,54 +435,101 @@ def run_row(ctx: Context, method: Method, target: float, round_to: int | None, f
             torch.backends.mkldnn.enabled = before
         row["finetune_mkldnn"] = mkldnn_finetune
         row["finetune_device"] = device_name(getattr(ctx, "finetune_device", "cpu"))
-        row["accuracy_ft"] = {"seeds": list(ctx.recipe["seeds"]), "values": accs, "mean": float(np.mean(accs)),
-                              "std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0}
+        row["accuracy_ft"] = {"seeds": list(ctx.recipe["seeds"]), **mean_std(accs)}
         row["finetune_seconds"] = secs
     row["row_seconds"] = time.perf_counter() - t_row
     return row
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    where = ""
-    tb = traceback.extract_tb(exc.__traceback__)
-    if tb and not getattr(exc, "__module__", "").startswith("chanprune"):
-        f = tb[-1]
-        where = f" (at {Path(f.filename).name}:{f.lineno})"
-    return f"{type(exc).__name__}: {text[:300]}{where}"
+# ------------------------------------------------------------------------------------------ the recovery protocol
+
+def select_rows(rows: list[dict], top: int, by: str, test_images: int | None = None) -> list[dict]:
+    """Per MAC target, the ``top`` best rows of each family (chanprune, Torch-Pruning) among the rows that pruned
+    (round_to studies left out), ranked by no-fine-tune accuracy (``by='no_ft'``) or mean fine-tuned accuracy
+    (``by='ft'``).
+
+    Returns one entry per target and family: the chosen method ids, best first, and the rows left out that tie
+    with the last chosen one (the tie rule of :mod:`bench.harness`), so a report can say the cut fell in a tie.
+    """
+    def score(r: dict) -> float | None:
+        if by == "no_ft":
+            return r.get("accuracy_no_ft")
+        return (r.get("accuracy_ft") or {}).get("mean")
+
+    def ties(a: dict, b: dict) -> bool:
+        if by == "no_ft":
+            return compare_no_ft(score(a), score(b), test_images or a.get("test_images", 0)) == "tie"
+        fa, fb = a["accuracy_ft"], b["accuracy_ft"]
+        return compare((fa["mean"], fa["std"]), (fb["mean"], fb["std"])) == "tie"
+
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("round_to") is None and score(r) is not None]
+    out = []
+    for target in sorted({r["target_macs"] for r in ok}, reverse=True):
+        for family in ("chanprune", "torch-pruning"):
+            ranked = sorted((r for r in ok if r["family"] == family and abs(r["target_macs"] - target) < 1e-9),
+                            key=lambda r: (-score(r), r["method"]))
+            chosen, rest = ranked[:top], ranked[top:]
+            if not chosen:
+                continue
+            out.append({"target_macs": target, "family": family, "by": by,
+                        "chosen": [r["method"] for r in chosen], "scores": [score(r) for r in chosen],
+                        "tied_with_last_chosen": [r["method"] for r in rest if ties(r, chosen[-1])]})
+    return out
+
+
+def protocol_dir(zoo: Path, protocol: str) -> Path:
+    """Where one protocol's rows on one zoo go: a folder of their own, never the files of another protocol."""
+    return RESULTS / f"{Path(zoo).resolve().name}_protocol_{protocol}"
+
+
+def protocol_plan(protocol: str, methods: list[Method], targets: list[float], source: Path | None,
+                  test_images: int) -> tuple[list[tuple], list[dict], dict]:
+    """The rows one protocol runs on one model: (jobs, selection, rows of the source protocol by key).
+
+    (a) runs every method at every target without a fine-tune; (b) and (c) fine-tune the rows
+    :func:`select_rows` picks from the protocol they build on (``PROTOCOLS[p]['select']``)."""
+    spec = PROTOCOLS[protocol]
+    if spec["select"] is None:
+        return [(t, m, None, False) for t in targets for m in methods], [], {}
+    prev, top, by = spec["select"]
+    if source is None or not source.exists():
+        raise FileNotFoundError(f"protocol ({protocol}) picks its rows from protocol ({prev})'s results, and "
+                                f"{source} does not exist; run --protocol {prev} first or pass --select-from.")
+    rows = [r for r in json.loads(source.read_text()).get("rows", [])
+            if any(abs(r["target_macs"] - t) < 1e-9 for t in targets)]
+    selection = select_rows(rows, top, by, test_images)
+    by_id = {m.id: m for m in methods}
+    jobs = [(s["target_macs"], by_id[mid], None, True) for s in selection for mid in s["chosen"] if mid in by_id]
+    return jobs, selection, {r["key"]: r for r in rows}
+
+
+def protocol_recipe(protocol: str, quick: bool) -> dict:
+    recipe = copy.deepcopy(PROTOCOL_RECIPE)
+    recipe["finetune"] = {**recipe["finetune"], **(PROTOCOLS[protocol]["finetune"] or {})}
+    recipe["protocol"] = {"name": protocol, **{k: v for k, v in PROTOCOLS[protocol].items() if k != "select"},
+                          "select": dict(zip(("from", "top_per_family", "by"), PROTOCOLS[protocol]["select"]))
+                          if PROTOCOLS[protocol]["select"] else None}
+    if quick:
+        recipe = merge(recipe, QUICK["overrides"])
+    if PROTOCOLS[protocol]["finetune"] is None:
+        del recipe["finetune"], recipe["seeds"]
+    return recipe
 
 
 # ------------------------------------------------------------------------------------------ driver
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+def zoo_models(zoo: Path) -> list[tuple[str, str, str]]:
+    """MODELS, then any other checkpoint folder in ``zoo`` whose record.json names its model and data."""
+    out = list(MODELS)
+    for rec in sorted(Path(zoo).glob("*/record.json")):
+        r = json.loads(rec.read_text())
+        if rec.parent.name not in {m[2] for m in out} and r.get("model") and r.get("data"):
+            out.append((r["model"], r["data"], rec.parent.name))
     return out
 
 
 def results_path(folder: str, quick: bool) -> Path:
-    return RESULTS / (f"scoreboard_quick.json" if quick else f"scoreboard_{folder}.json")
-
-
-def _lock_path(path: Path, what: str) -> Path:
-    import hashlib
-    import tempfile
-    tag = hashlib.sha256(f"{path.resolve()}|{what}".encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"chanprune_scoreboard_{tag}.lock"
-
-
-def _try_lock(path: Path, key: str, wait: bool = False):
-    """An exclusive lock on one row of one results file, so two processes never run the same row; None if taken
-    (with ``wait``: block until the process holding it is done)."""
-    import fcntl
-    f = open(_lock_path(path, "row " + key), "w")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except OSError:
-        f.close()
-        return None
-    return f
+    return RESULTS / ("scoreboard_quick.json" if quick else f"scoreboard_{folder}.json")
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -580,6 +539,14 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--targets", help="comma-separated kept-MAC fractions (default: 0.5,0.33,0.25)")
     p.add_argument("--seeds", help="comma-separated fine-tune seeds (default: 0,1,2)")
     p.add_argument("--quick", action="store_true", help="smoke check: one small model, one target, few methods")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS),
+                   help="the recovery protocol (module docstring): rows go to a folder of their own per zoo and "
+                        "protocol, bench/results/<zoo>_protocol_<p>/ (default: the original scoreboard run)")
+    p.add_argument("--zoo", default=str(CHECKPOINTS),
+                   help="folder holding <model>_<data>/ checkpoints with record.json (default: checkpoints)")
+    p.add_argument("--out", help="results folder for --protocol (default: bench/results/<zoo>_protocol_<p>)")
+    p.add_argument("--select-from", help="results folder of the protocol that (b)/(c) pick rows from "
+                                         "(default: bench/results/<zoo>_protocol_<a or b>)")
     p.add_argument("--no-round-to", action="store_true", help="skip the round_to study")
     p.add_argument("--only-round-to", action="store_true", help="run only the round_to study")
     p.add_argument("--list", action="store_true", help="list the methods and exit")
@@ -587,9 +554,10 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--max-attempts", type=int, default=3,
                    help="a row whose process died this many times is recorded as failed (default 3; every attempt "
                         "after the first fine-tunes with oneDNN disabled)")
-    p.add_argument("--finetune-device", default="cpu",
-                   help="where the fine-tunes run: cpu (default), cuda[:N] or auto; pruning, accuracy and latency "
-                        "always run on the CPU, and each row records its fine-tune device")
+    p.add_argument("--finetune-device", default="auto",
+                   help="where the fine-tunes run: auto (default: the GPU when there is one), cpu or cuda[:N]; "
+                        "pruning, accuracy and latency always run on the CPU, and each row records its fine-tune "
+                        "device")
     p.add_argument("--supervise", action="store_true",
                    help="run the benchmark in a child process and restart it after an abort (e.g. a native crash)")
     return p.parse_args(argv)
@@ -597,7 +565,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 def supervise(argv: list[str]) -> int:
     import signal
-    child = [sys.executable, str(Path(__file__).resolve())] + [a for a in argv if a != "--supervise"]
+    child = [sys.executable, "-m", "bench.scoreboard"] + [a for a in argv if a != "--supervise"]
     proc = None
     stopping = False
 
@@ -612,7 +580,7 @@ def supervise(argv: list[str]) -> int:
     for attempt in range(1, 21):
         if stopping:
             return 143
-        proc = subprocess.Popen(child)
+        proc = subprocess.Popen(child, cwd=ROOT)
         rc = proc.wait()
         if stopping:
             return 143
@@ -630,6 +598,99 @@ def _stop(signum, frame):
     raise Stopped()
 
 
+def _print_row(row: dict) -> None:
+    if row["status"] == "ok":
+        ft_s = f", FT {row['accuracy_ft']['mean']:.2f}±{row['accuracy_ft']['std']:.2f}" if "accuracy_ft" in row else ""
+        lat = row.get("latency")
+        lat_s = f", speed-up b1 {lat['b1']['speedup']:.2f} b32 {lat['b32']['speedup']:.2f}" if lat else ""
+        print(f"    MACs {row['macs_ratio']:.3f}, no-FT {row['accuracy_no_ft']:.2f}{ft_s}{lat_s}, "
+              f"prune {row['prune_seconds']:.1f}s, row {row['row_seconds']:.0f}s", flush=True)
+    else:
+        print(f"    failed: {row['reason']}", flush=True)
+
+
+def run_jobs(ctx: Context, res: Results, jobs: list[tuple], args: argparse.Namespace,
+             source_rows: dict | None = None) -> int:
+    """Run the rows not yet in ``res``, each claimed so that parallel processes share the work; returns how many
+    rows this process computed. ``source_rows``: the rows a fine-tune protocol picked, whose latency it reuses
+    (the same deterministic prune gives the same architecture; the row records whether the MACs matched)."""
+    path, computed, held = res.path, 0, None
+    try:
+        for target, method, round_to, ft in jobs:
+            key = row_key(target, method.id, round_to)
+            if held is not None:
+                held.close()
+            held = claim(path, key)
+            if held is None:
+                print(f"[scoreboard] {ctx.folder} {key}: another process is running this row, skipped", flush=True)
+                continue
+            res.refresh()
+            prev = res.row(key)
+            if prev is not None:
+                if not (prev["status"] == "failed" and prev.get("reason", "").startswith("the process died")
+                        and not prev.get("mkldnn_off_tried")):
+                    continue
+                # a row that died before oneDNN-off retries were tried: once more, with oneDNN off
+                res.drop(key)
+                res.set_attempts(key, 1)
+            src = (source_rows or {}).get(key)  # a row a fine-tune protocol picked: run it whatever its kind
+            if method.fallback_for is not None and src is None:
+                parent_key = row_key(target, method.fallback_for, round_to)
+                if res.row(parent_key) is None:  # another process may be running the parent: wait for its verdict
+                    claim(path, parent_key, wait=True).close()
+                    res.refresh()
+                parent = res.row(parent_key)
+                if parent is None or parent["status"] == "ok":
+                    continue
+            n = res.attempt(key)
+            if n > args.max_attempts:
+                res.add({"key": key, "model": ctx.model_name, "data": ctx.data_name, "target_macs": target,
+                         "method": method.id, "family": method.family, "call": method.describe, "round_to": round_to,
+                         "status": "failed",
+                         "reason": f"the process died {n - 1} times on this row (native abort, e.g. the oneDNN heap "
+                                   "corruption seen in conv backward), also with oneDNN disabled; skipped",
+                         "mkldnn_off_tried": n > 2})
+                continue
+            # After a native abort on this row, fine-tune it with oneDNN disabled (the heap corruption seen in
+            # oneDNN's conv backward does not occur without it); recorded in the row.
+            print(f"[scoreboard] {ctx.folder} target {target:.0%} {method.id} round_to={round_to} ...", flush=True)
+            try:
+                row = run_row(ctx, method, target, round_to, finetune=ft, mkldnn_finetune=n < 2,
+                              measure_latency=src is None)
+            except Stopped:  # a deliberate stop is not an abort: give the attempt back, so no oneDNN-off retry
+                res.set_attempts(key, n - 1)
+                print(f"[scoreboard] stopped during {key}", flush=True)
+                raise
+            if src is not None and row["status"] == "ok":
+                row["latency"] = src.get("latency")
+                row["selected_from"] = {"accuracy_no_ft": src.get("accuracy_no_ft"), "macs": src.get("macs"),
+                                        "accuracy_ft": src.get("accuracy_ft"), "same_macs": src.get("macs") == row["macs"]}
+            row["key"] = key
+            row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            res.add(row)
+            _print_row(row)
+            computed += 1
+    finally:
+        if held is not None:
+            held.close()
+    return computed
+
+
+def _legacy_plan(args, models, targets, methods, wanted) -> list[tuple]:
+    """(model, targets, methods, with the round_to study) in the original run's order (see PRIORITY, EXTENDED)."""
+    if wanted is not None or args.quick or args.models:
+        return [(m, targets, methods, True) for m in models]
+    core = [m for m in methods if m.id not in EXTENDED]
+    rest = [m for m in methods if m.id in EXTENDED]
+    others = [m for m in models if m[2] != FULL_MODEL]
+    first = [t for t in targets if abs(t - ROUND_TO["target"]) < 1e-9]
+    later = [t for t in targets if t not in first]
+    plan = [(m, targets, methods, True) if m[2] == FULL_MODEL else (m, first, core, True) for m in models]
+    plan += [(m, later, core, False) for m in others]
+    plan += [(m, targets, rest, False) for m in others]
+    return plan
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
@@ -643,32 +704,42 @@ def main(argv=None) -> int:
         print(f"--finetune-device: {exc}", file=sys.stderr)
         return 2
     import signal
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    handlers = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _main(args, argv, finetune_device)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _main(args: argparse.Namespace, argv: list[str], finetune_device: str) -> int:
     torch.set_num_threads(1)
     methods = all_methods()
     if args.list:
         for m in methods:
             print(f"{m.id:32s} {m.family:14s} {json.dumps(m.describe)}")
         return 0
-    recipe = copy.deepcopy(RECIPE)
-    models = [m for m in MODELS]
+    recipe = protocol_recipe(args.protocol, args.quick) if args.protocol else copy.deepcopy(RECIPE)
+    models = list(MODELS)
     targets = list(TARGETS)
     wanted = None
     round_cfg = copy.deepcopy(ROUND_TO)
     if args.quick:
-        recipe = _merge(recipe, QUICK["overrides"])
+        if not args.protocol:
+            recipe = merge(recipe, QUICK["overrides"])
         models = [m for m in MODELS if m[2] in QUICK["models"]]
         targets = list(QUICK["targets"])
         wanted = list(QUICK["methods"])
         round_cfg.update(QUICK["round_to"])
+    zoo = Path(args.zoo)
     if args.models:
         names = args.models.split(",")
-        unknown = [n for n in names if n not in {m[2] for m in MODELS}]
+        known = zoo_models(zoo) if args.protocol else MODELS
+        unknown = [n for n in names if n not in {m[2] for m in known}]
         if unknown:
-            print(f"unknown model(s) {unknown}; choose from {[m[2] for m in MODELS]}", file=sys.stderr)
+            print(f"unknown model(s) {unknown}; choose from {[m[2] for m in known]}", file=sys.stderr)
             return 2
-        models = [m for m in MODELS if m[2] in names]
+        models = [m for m in known if m[2] in names]
     if args.methods:
         wanted = args.methods.split(",")
         unknown = [w for w in wanted if w not in {m.id for m in methods}]
@@ -677,118 +748,75 @@ def main(argv=None) -> int:
             return 2
     if args.targets:
         targets = [float(t) for t in args.targets.split(",")]
-    if args.seeds:
+    if args.seeds and "seeds" in recipe:
         recipe["seeds"] = [int(s) for s in args.seeds.split(",")]
     if wanted is not None:
         methods = [m for m in methods if m.id in wanted]
+    if args.protocol:
+        plan = [(m, targets, methods, False) for m in models]
+        out_dir = Path(args.out) if args.out else protocol_dir(zoo, args.protocol)
+    else:
+        plan = _legacy_plan(args, models, targets, methods, wanted)
+        out_dir = None
 
     t_start = time.perf_counter()
-    if wanted is not None or args.quick or args.models:
-        plan = [(m, targets, methods, True) for m in models]
-    else:
-        core = [m for m in methods if m.id not in EXTENDED]
-        rest = [m for m in methods if m.id in EXTENDED]
-        others = [m for m in models if m[2] != FULL_MODEL]
-        first = [t for t in targets if abs(t - ROUND_TO["target"]) < 1e-9]
-        later = [t for t in targets if t not in first]
-        plan = [(m, targets, methods, True) if m[2] == FULL_MODEL else (m, first, core, True) for m in models]
-        plan += [(m, later, core, False) for m in others]
-        plan += [(m, targets, rest, False) for m in others]
     for (model_name, data_name, folder), targets, methods, with_round_to in plan:
-        if not (ROOT / "checkpoints" / folder / "model.json").exists():
-            print(f"[scoreboard] {folder}: checkpoint not present yet, skipped", flush=True)
+        if not (zoo / folder / "model.json").exists():
+            print(f"[scoreboard] {zoo / folder}: checkpoint not present yet, skipped", flush=True)
             continue
-        path = results_path(folder, args.quick)
+        source_rows, selection = None, []
+        if args.protocol:
+            path = out_dir / f"scoreboard_{folder}.json"
+            prev = (PROTOCOLS[args.protocol]["select"] or (None,))[0]
+            source = None if prev is None else (
+                Path(args.select_from) if args.select_from else protocol_dir(zoo, prev)) / f"scoreboard_{folder}.json"
+            try:
+                jobs, selection, source_rows = protocol_plan(args.protocol, methods, targets, source,
+                                                             recipe["test_images"])
+            except FileNotFoundError as exc:
+                print(f"[scoreboard] {folder}: {exc}", file=sys.stderr)
+                return 2
+        else:
+            path = results_path(folder, args.quick)
+            jobs = [(t, m, None, True) for t in targets for m in methods]
+            if with_round_to and not args.no_round_to:
+                rt_target = round_cfg["target"] if not args.quick else targets[0]
+                rt_jobs = [(rt_target, m, r, False) for m in methods if m.id in round_cfg["methods"]
+                           for r in round_cfg["values"] if r is not None]
+                jobs = ([] if args.only_round_to else jobs) + rt_jobs
+            elif args.only_round_to:
+                jobs = []
         if args.dry_run:
             done = {r["key"] for r in json.loads(path.read_text())["rows"]} if path.exists() else set()
-            rts = [r for r in round_cfg["values"] if r is not None] if with_round_to and not args.no_round_to else []
-            for t in targets:
-                for m in methods:
-                    k = row_key(t, m.id, None)
-                    print(f"{folder:28s} {k:48s} {'done' if k in done else ('if needed' if m.fallback_for else 'todo')}")
-            for m in methods:
-                if m.id in round_cfg["methods"]:
-                    for r in rts:
-                        k = row_key(round_cfg["target"] if not args.quick else targets[0], m.id, r)
-                        print(f"{folder:28s} {k:48s} {'done' if k in done else ('if needed' if m.fallback_for else 'todo')}")
+            for s in selection:
+                print(f"{folder:28s} selection {s['target_macs']:.2f} {s['family']:14s} {', '.join(s['chosen'])}"
+                      + (f" (tied with the last: {', '.join(s['tied_with_last_chosen'])})"
+                         if s["tied_with_last_chosen"] else ""))
+            for t, m, r, _ in jobs:
+                k = row_key(t, m.id, r)
+                later = m.fallback_for and k not in (source_rows or {})
+                print(f"{folder:28s} {k:48s} {'done' if k in done else ('if needed' if later else 'todo')}")
             continue
         t_model = time.perf_counter()
-        ctx = Context(model_name, data_name, folder, recipe, finetune_device)
-        header = {"model": model_name, "data": data_name, "checkpoint": f"checkpoints/{folder}",
+        ctx = Context(model_name, data_name, folder, recipe, finetune_device, zoo=zoo)
+        header = {"schema": SCHEMA, "model": model_name, "data": data_name, "checkpoint": ctx.checkpoint, "zoo_record": ctx.record,
                   "model_kwargs": ctx.model_kwargs, "quick": args.quick, "recipe": recipe,
-                  "round_to_study": round_cfg, "versions": versions(),
+                  "round_to_study": None if args.protocol else round_cfg, "versions": versions(),
                   "dense": {"accuracy": ctx.dense_accuracy, "macs": ctx.dense_macs, "params": ctx.dense_params},
-                  "ours_skipped": sorted(OURS_SKIP), "command": "python bench/scoreboard.py " + " ".join(argv)}
-        res = Results(path, header)
+                  "ours_skipped": sorted(OURS_SKIP), "command": "python -m bench.scoreboard " + " ".join(argv)}
+        if args.protocol:
+            header["selection"] = selection
+        else:
+            header.pop("zoo_record")  # the original run's files: the shipped checkpoints' records are committed
+        res = Results(path, header, empty={"rows": [], "attempts": {}})
         res.save()
-        computed = 0
-        jobs = [(t, m, None, True) for t in targets for m in methods]
-        if with_round_to and not args.no_round_to:
-            rt_jobs = [(round_cfg["target"] if not args.quick else targets[0], m, r, False)
-                       for m in methods if m.id in round_cfg["methods"] for r in round_cfg["values"] if r is not None]
-            jobs = ([] if args.only_round_to else jobs) + rt_jobs
-        elif args.only_round_to:
-            jobs = []
-        claim = None
-        for target, method, round_to, ft in jobs:
-            key = row_key(target, method.id, round_to)
-            if claim is not None:
-                claim.close()
-            claim = _try_lock(path, key)
-            if claim is None:
-                print(f"[scoreboard] {folder} {key}: another process is running this row, skipped", flush=True)
-                continue
-            res.refresh()
-            prev = res.row(key)
-            if prev is not None:
-                if not (prev["status"] == "failed" and prev.get("reason", "").startswith("the process died")
-                        and not prev.get("mkldnn_off_tried")):
-                    continue
-                # rows that aborted before oneDNN-off retries existed: try once more, now with oneDNN off
-                res.drop(key)
-                res.set_attempts(key, 1)
-            if method.fallback_for is not None:
-                parent_key = row_key(target, method.fallback_for, round_to)
-                if res.row(parent_key) is None:  # another process may be running the parent: wait for its verdict
-                    _try_lock(path, parent_key, wait=True).close()
-                    res.refresh()
-                parent = res.row(parent_key)
-                if parent is None or parent["status"] == "ok":
-                    continue
-            n = res.attempt(key)
-            if n > args.max_attempts:
-                res.add({"key": key, "model": model_name, "data": data_name, "target_macs": target, "method": method.id,
-                         "family": method.family, "call": method.describe, "round_to": round_to, "status": "failed",
-                         "reason": f"the process died {n - 1} times on this row (native abort, e.g. the oneDNN heap "
-                                   "corruption seen in conv backward), also with oneDNN disabled; skipped",
-                         "mkldnn_off_tried": n > 2})
-                continue
-            # After a native abort on this row, fine-tune it with oneDNN disabled (the heap corruption seen in
-            # oneDNN's conv backward does not occur without it); recorded in the row.
-            mkldnn_ft = n < 2
-            print(f"[scoreboard] {folder} target {target:.0%} {method.id} round_to={round_to} ...", flush=True)
-            try:
-                row = run_row(ctx, method, target, round_to, finetune=ft, mkldnn_finetune=mkldnn_ft)
-            except Stopped:  # a deliberate stop is not an abort: give the attempt back, so no oneDNN-off retry
-                res.set_attempts(key, n - 1)
-                print(f"[scoreboard] stopped during {key}", flush=True)
-                return 143
-            row["key"] = key
-            row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            res.add(row)
-            if row["status"] == "ok":
-                ft_s = (f", FT {row['accuracy_ft']['mean']:.2f}±{row['accuracy_ft']['std']:.2f}"
-                        if "accuracy_ft" in row else "")
-                print(f"    MACs {row['macs_ratio']:.3f}, no-FT {row['accuracy_no_ft']:.2f}{ft_s}, "
-                      f"speed-up b1 {row['latency']['b1']['speedup']:.2f} b32 {row['latency']['b32']['speedup']:.2f}, "
-                      f"prune {row['prune_seconds']:.1f}s, row {row['row_seconds']:.0f}s", flush=True)
-            else:
-                print(f"    failed: {row['reason']}", flush=True)
-            computed += 1
-        if claim is not None:
-            claim.close()
-        res.log_invocation({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": header["command"],
-                            "rows_computed": computed, "wall_seconds": time.perf_counter() - t_model})
+        try:
+            computed = run_jobs(ctx, res, jobs, args, source_rows)
+        except Stopped:
+            return 143
+        res.log_invocation({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            "command": header["command"], "rows_computed": computed,
+                            "wall_seconds": time.perf_counter() - t_model})
     print(f"[scoreboard] done in {time.perf_counter() - t_start:.0f}s", flush=True)
     return 0
 

@@ -1,6 +1,6 @@
 """The scoreboard's report: verdicts, tables, plots and closing note from ``bench/results/scoreboard_*.json``.
 
-``python bench/make_readme.py results`` calls :func:`render_markdown` (and :func:`make_plots`) to write the README's
+``python -m bench.make_readme results`` calls :func:`render_markdown` (and :func:`make_plots`) to write the README's
 Results section; the rows themselves come from ``bench/scoreboard.py``. Nothing here measures anything: every
 number is read from the committed JSON.
 """
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from scoreboard import (EXTENDED, FULL_MODEL, MODELS, OURS_FALLBACKS, RESULTS, ROOT, ROUND_TO, TARGETS, all_methods,
-                        row_key)
+from bench.harness import RESULTS, ROOT, binomial_se, compare, compare_no_ft
+from bench.scoreboard import EXTENDED, FULL_MODEL, MODELS, OURS_FALLBACKS, ROUND_TO, TARGETS, all_methods, row_key
 
 PARENT = {fid: parent for fid, _, _, parent in OURS_FALLBACKS}  # fallback row → the method it stands in for
 
@@ -57,19 +57,6 @@ def _ft(r: dict) -> tuple[float, float] | None:
     return None if not a else (a["mean"], a["std"])
 
 
-def _binomial_se(p1: float, p2: float, n: int) -> float:
-    """Standard error (percentage points) of the difference of two accuracies measured on n images each."""
-    f = lambda p: (p / 100) * (1 - p / 100) / max(n, 1)  # noqa: E731
-    return 100 * math.sqrt(f(p1) + f(p2))
-
-
-def compare(a: tuple[float, float], b: tuple[float, float]) -> str:
-    """'win' / 'tie' / 'loss' of a over b; a difference smaller than the larger std is a tie."""
-    spread = max(a[1], b[1])
-    d = a[0] - b[0]
-    return "tie" if abs(d) <= spread else ("win" if d > 0 else "loss")
-
-
 COMPENSATING = ("cp", "cap")  # methods whose planner refits consumer weights on the calibration data
 
 
@@ -100,11 +87,11 @@ def verdicts(doc: dict, plain: bool = False) -> list[dict]:
         if fams["chanprune"] and fams["torch-pruning"]:
             a = max(fams["chanprune"], key=lambda r: r["accuracy_no_ft"])
             b = max(fams["torch-pruning"], key=lambda r: r["accuracy_no_ft"])
-            se = _binomial_se(a["accuracy_no_ft"], b["accuracy_no_ft"], a.get("test_images", 0))
-            d = a["accuracy_no_ft"] - b["accuracy_no_ft"]
+            n = a.get("test_images", 0)
             v["no_ft"] = {"ours": a["method"], "ours_acc": a["accuracy_no_ft"], "tp": b["method"],
-                          "tp_acc": b["accuracy_no_ft"], "se": se,
-                          "verdict": "tie" if abs(d) <= se else ("win" if d > 0 else "loss")}
+                          "tp_acc": b["accuracy_no_ft"],
+                          "se": binomial_se(a["accuracy_no_ft"], b["accuracy_no_ft"], n),
+                          "verdict": compare_no_ft(a["accuracy_no_ft"], b["accuracy_no_ft"], n)}
         v["ours_count"] = len(fams["chanprune"])
         v["tp_count"] = len(fams["torch-pruning"])
         out.append(v)
@@ -442,7 +429,7 @@ def closing_note(docs: list[dict]) -> str:
 def render_markdown(docs: list[dict], plots: list[Path] | None = None, root: Path = ROOT) -> str:
     """The README's Results/scoreboard section, from the full-run JSON (see make_readme.py)."""
     if not docs:
-        return "_Not run yet: `python bench/scoreboard.py --supervise`._"
+        return "_Not run yet: `python -m bench.scoreboard --supervise`._"
     rec = docs[0]["recipe"]
     ft = rec["finetune"]
     ver = docs[0]["versions"]
@@ -484,7 +471,7 @@ def render_markdown(docs: list[dict], plots: list[Path] | None = None, root: Pat
         q = json.loads(quick.read_text())
         full = [i for i in q.get("invocations", []) if i.get("rows_computed") == len(q["rows"])]
         if full:
-            parts.append(f"Smoke check: `python bench/scoreboard.py --quick` ({len(q['rows'])} rows: one model, one "
+            parts.append(f"Smoke check: `python -m bench.scoreboard --quick` ({len(q['rows'])} rows: one model, one "
                          f"target, {len({r['method'] for r in q['rows']})} methods, {q['recipe']['test_images']} test "
                          f"images, {len(q['recipe']['seeds'])} fine-tune seed on {q['recipe']['finetune']['train_images']} "
                          f"images) took {full[-1]['wall_seconds']:.0f} s on one thread "

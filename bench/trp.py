@@ -1,7 +1,7 @@
-"""Issue 7 benchmark: TRP vs plain SVD decomposition, and TRP + channel pruning vs channel pruning alone.
+"""TRP vs plain SVD decomposition, and TRP + channel pruning vs channel pruning alone.
 
-    python bench/trp.py resnet20                       # writes bench/results/trp_resnet20.json
-    python bench/trp.py resnet56 --train-limit 3000    # a smaller training subset (recorded in the JSON)
+    python -m bench.trp resnet20                       # writes bench/results/trp_resnet20.json
+    python -m bench.trp resnet56 --train-limit 3000    # a smaller training subset (recorded in the JSON)
 
 For one shipped Fashion-MNIST checkpoint:
   dense          the checkpoint: accuracy, MACs, params.
@@ -34,21 +34,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import time
-from pathlib import Path
 
 import torch
 
 import chanprune
-from chanprune._atomic import write_text_atomic
-from chanprune.criteria import L1Config
-from chanprune.engine import TrainConfig, evaluate, finetune
+from bench.harness import RESULTS, ROOT, Bench, Results, versions
+from chanprune.config import L1Config
+from chanprune.engine import TrainConfig, finetune
 from chanprune.lowrank import DecomposeConfig, LowRank, TRPConfig, decompose, trp_train
-from chanprune.measurement import count_macs_params, latency
+from chanprune.measurement import latency
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 RUNS = ROOT / "runs" / "bench_trp"
 TEST_SUBSET = 2000
 PRUNE_TARGET = 0.33
@@ -65,13 +61,11 @@ def standard_strides(model):
         handle.remove()
 
 
-class Bench:
+class TRPBench(Bench):
     def __init__(self, args):
+        super().__init__(f"{args.model}_fashion_mnist", "fashion_mnist", test_images=TEST_SUBSET)
         self.args = args
         self.name = args.model
-        self.data = chanprune.load_data("fashion_mnist")
-        self.example = self.data.example_input(1)
-        self.dense = chanprune.load(ROOT / "checkpoints" / f"{self.name}_fashion_mnist" / "model").eval()
         self.path = RESULTS / f"trp_{self.name}.json"
         self.runs = RUNS / self.name
         self.setup = {
@@ -87,22 +81,18 @@ class Bench:
             "device": "cpu, 1 thread (no GPU)",
             "workaround": "training inputs copied to standard strides (oneDNN heap corruption with the loader's strides)",
         }
-        if self.path.exists():
-            self.doc = json.loads(self.path.read_text())
-            if self.doc.get("setup") != self.setup:
-                raise SystemExit(f"{self.path} was written with other settings; delete it or pass the same options.")
-        else:
-            self.doc = {"model": self.name, "data": "fashion_mnist", "setup": self.setup, "rows": {},
-                        "versions": {"torch": torch.__version__, "chanprune": chanprune.__version__,
-                                     "python": platform.python_version(), "threads": torch.get_num_threads()}}
+        self.results = Results(self.path, empty={"model": self.name, "data": "fashion_mnist", "setup": self.setup,
+                                                 "rows": {}, "versions": versions()})
+        self.doc = self.results.doc
+        if self.doc.get("setup") != self.setup:
+            raise SystemExit(f"{self.path} was written with other settings; delete it or pass the same options.")
 
     # ------------------------------------------------------------------ bookkeeping
     def done(self, key: str) -> bool:
         return key in self.doc["rows"]
 
     def put(self, key: str, row: dict) -> None:
-        self.doc["rows"][key] = row
-        write_text_atomic(self.path, json.dumps(self.doc, indent=1) + "\n")
+        self.doc = self.results.update(lambda doc: doc["rows"].__setitem__(key, row))
         print(f"[{self.name}] {key}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                    for k, v in row.items() if not isinstance(v, (dict, list))), flush=True)
 
@@ -113,11 +103,8 @@ class Bench:
     def model(self, key: str):
         return chanprune.load(self.runs / key / "model")
 
-    def acc(self, model) -> float:
-        return evaluate(model, self.data, limit=TEST_SUBSET)["accuracy"]
-
     def cost(self, model) -> dict:
-        macs, params = count_macs_params(model, self.example)
+        macs, params = self.count(model)
         return {"macs": macs, "params": params}
 
     def train_config(self, epochs: int) -> TrainConfig:
@@ -126,7 +113,7 @@ class Bench:
     # ------------------------------------------------------------------ rows
     def run(self):
         if not self.done("dense"):
-            self.put("dense", {"accuracy": self.acc(self.dense), **self.cost(self.dense)})
+            self.put("dense", {"accuracy": self.accuracy(self.dense), **self.cost(self.dense)})
         dense_macs = self.doc["rows"]["dense"]["macs"]
         for scheme in self.args.schemes:
             self.trp_rows(scheme, dense_macs)
@@ -147,7 +134,7 @@ class Bench:
             wall = time.perf_counter() - t0
             self.save(model, key)
             info = h["trp"]
-            self.put(key, {"accuracy": self.acc(model), "train_seconds": h["time_s"], "wall_seconds": wall,
+            self.put(key, {"accuracy": self.accuracy(model), "train_seconds": h["time_s"], "wall_seconds": wall,
                            "steps": h["global_step"], "projections": info["projections"],
                            "rank_sum_before": sum(info["ranks_before"].values()),
                            "rank_sum_after": sum(info["ranks_after"].values()),
@@ -192,7 +179,7 @@ class Bench:
                    "layers_skipped": rec.get("skipped")}
         ranks = {n: m.rank for n, m in small.named_modules() if isinstance(m, LowRank)}
         cost = self.cost(small)
-        return {"accuracy": self.acc(small), **cost, "mac_ratio": cost["macs"] / dense_macs,
+        return {"accuracy": self.accuracy(small), **cost, "mac_ratio": cost["macs"] / dense_macs,
                 "threshold": rec.get("threshold"), "layers_decomposed": rec.get("layers_decomposed"),
                 "layers_skipped": rec.get("layers_skipped"), "ranks": ranks}
 
@@ -208,7 +195,7 @@ class Bench:
             t0 = time.perf_counter()
             pruned = chanprune.prune(base, L1Config(target_macs=target, recover="bn"), data=self.data)
             prune_s = time.perf_counter() - t0
-            acc_bn = self.acc(pruned)
+            acc_bn = self.accuracy(pruned)
             t0 = time.perf_counter()
             with standard_strides(pruned):
                 h = finetune(pruned, self.data, epochs=1, lr=0.01, limit_train=self.args.train_limit, progress=False,
@@ -216,7 +203,7 @@ class Bench:
             wall = time.perf_counter() - t0
             self.save(pruned, key)
             cost = self.cost(pruned)
-            self.put(key, {"accuracy_bn": acc_bn, "accuracy": self.acc(pruned), **cost, "mac_ratio": cost["macs"] / dense_macs,
+            self.put(key, {"accuracy_bn": acc_bn, "accuracy": self.accuracy(pruned), **cost, "mac_ratio": cost["macs"] / dense_macs,
                            "prune_seconds": prune_s, "train_seconds": h["time_s"], "wall_seconds": wall,
                            "verified": pruned.chanprune_history[-1]["verified"]})
 
@@ -232,7 +219,7 @@ class Bench:
         self.doc["latency"] = {"repeats": self.args.repeats, "threads": torch.get_num_threads(),
                                "median_ms": {k: {str(bs): v[bs]["median_ms"] for bs in v} for k, v in lat.items() if k != "speedup"},
                                "speedup": {k: {str(bs): x for bs, x in v.items()} for k, v in lat["speedup"].items()}}
-        write_text_atomic(self.path, json.dumps(self.doc, indent=1) + "\n")
+        self.doc = self.results.merge({"latency": self.doc["latency"]})
         print(f"[{self.name}] latency: " + json.dumps(self.doc["latency"]["speedup"]), flush=True)
 
 
@@ -250,7 +237,7 @@ def main() -> int:
     p.add_argument("--remeasure", action="store_true", help="time the models again")
     args = p.parse_args()
     t0 = time.perf_counter()
-    Bench(args).run()
+    TRPBench(args).run()
     print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 

@@ -1,9 +1,9 @@
 """What verified surgery costs: prune ResNet-56 with verify=True and verify=False, interleaved.
 
-    python bench/verify_overhead.py [--repeats 21] [--threads 1] [--out bench/results/verify_overhead.json]
-    # before/after: time an older surgery.py as a third arm, e.g. the one before issue 8
+    python -m bench.verify_overhead [--repeats 21] [--threads 1] [--out bench/results/verify_overhead.json]
+    # a third arm: any other surgery.py, e.g. one from an older commit
     git show a4f59ec:src/chanprune/surgery.py > /tmp/surgery_before.py
-    python bench/verify_overhead.py --baseline-surgery /tmp/surgery_before.py --baseline-probe 8
+    python -m bench.verify_overhead --baseline-surgery /tmp/surgery_before.py --baseline-probe 8
 
 Each repeat runs ``chanprune.prune(model, L1Config(target_macs=0.5, verify=...), data=(x, y))`` on a
 ResNet-56 (1 input channel, 10 classes, 28x28 inputs; random weights and random calibration images:
@@ -28,13 +28,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+import chanprune
+import chanprune.api as api
+import chanprune.surgery as surgery
+from chanprune._atomic import write_text_atomic
 
-import chanprune  # noqa: E402
-import chanprune.api as api  # noqa: E402
-import chanprune.surgery as surgery  # noqa: E402
-from chanprune._atomic import write_text_atomic  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CURRENT = api.apply_plan
 

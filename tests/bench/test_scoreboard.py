@@ -1,4 +1,4 @@
-"""bench/scoreboard.py: Torch-Pruning bisection, failed rows, resumable results, row claims."""
+"""bench/scoreboard.py: Torch-Pruning bisection, failed rows, the recovery protocol's selection and runs."""
 from __future__ import annotations
 
 import json
@@ -21,7 +21,7 @@ def fake_ctx(sb, name="resnet20"):
     example = x[:1].clone()
     count = lambda m: count_macs_params(m, example)  # noqa: E731
     macs, params = count(model)
-    recipe = sb._merge(sb.RECIPE, {"calibration_images": 32, "seeds": [0]})
+    recipe = sb.merge(sb.RECIPE, {"calibration_images": 32, "seeds": [0]})
     return SimpleNamespace(dense=model, example=example, calib_batches=[(x[:16], y[:16]), (x[16:], y[16:])],
                            calib_pair=(x, y), num_classes=10, count=count, dense_macs=macs, dense_params=params,
                            recipe=recipe, test_n=32, model_name=name, data_name="random",
@@ -72,57 +72,84 @@ def test_run_row_records_the_fields(sb):
     json.dumps(row, allow_nan=False)
 
 
-def test_results_resume_and_attempts(sb, tmp_path):
-    path = tmp_path / "s.json"
-    res = sb.Results(path, {"model": "m"})
-    res.add({"key": "a", "status": "ok"})
-    assert res.attempt("b") == 1 and res.attempt("b") == 2
-    again = sb.Results(path, {"model": "m"})
-    assert again.keys() == {"a"} and again.doc["attempts"]["b"] == 2
-    again.add({"key": "a", "status": "failed"})
-    assert [r["status"] for r in sb.Results(path, {}).doc["rows"]] == ["failed"]
-
-
-def test_two_writers_of_one_file_keep_each_others_rows(sb, tmp_path):
-    """Two processes filling one model's file: each write merges with what the other wrote since."""
-    path = tmp_path / "s.json"
-    a, b = sb.Results(path, {"model": "m"}), sb.Results(path, {"model": "m"})
-    a.add({"key": "x", "status": "ok"})
-    b.add({"key": "y", "status": "ok"})   # b never read x
-    a.log_invocation({"rows_computed": 1})
-    b.log_invocation({"rows_computed": 1})
-    doc = sb.Results(path, {}).doc
-    assert {r["key"] for r in doc["rows"]} == {"x", "y"} and len(doc["invocations"]) == 2
-    first = sb._try_lock(path, "x")
-    assert first is not None and sb._try_lock(path, "x") is None   # a row runs in one process only
-    other = sb._try_lock(path, "y")
-    assert other is not None
-    first.close(), other.close()
-    again = sb._try_lock(path, "x")
-    assert again is not None
-    again.close()
-
-
-def test_waiting_for_a_row_blocks_until_its_holder_is_done(sb, tmp_path):
-    """A fallback row (+exceed) waits for its parent row running in another process before reading its verdict."""
-    import threading
-    import time
-
-    path = tmp_path / "s.json"
-    holder = sb._try_lock(path, "parent")
-    waited = []
-    t = threading.Thread(target=lambda: waited.append(sb._try_lock(path, "parent", wait=True)))
-    t.start()
-    time.sleep(0.3)
-    assert t.is_alive() and not waited   # still blocked by the holder
-    holder.close()
-    t.join(5)
-    assert waited and waited[0] is not None
-    waited[0].close()
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where CUDA is missing")
 def test_missing_cuda_for_the_fine_tunes_is_one_clear_line(sb, capsys):
     assert sb.main(["--finetune-device", "cuda", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("--finetune-device:") and "CUDA is not available" in err and "\n" not in err
+
+
+def _sel_row(method, family, target, nf=None, ft=None, std=0.0, status="ok", round_to=None, n=10000):
+    r = {"key": f"{target:.2f}|{method}|round_to={round_to}", "method": method, "family": family,
+         "target_macs": target, "round_to": round_to, "status": status, "test_images": n}
+    if nf is not None:
+        r["accuracy_no_ft"] = nf
+    if ft is not None:
+        r["accuracy_ft"] = {"mean": ft, "std": std}
+    return r
+
+
+def test_selection_takes_the_best_of_each_family_per_target_and_names_ties_at_the_cut(sb):
+    rows = [_sel_row("ours.a", "chanprune", 0.5, 90.0), _sel_row("ours.b", "chanprune", 0.5, 89.0),
+            _sel_row("ours.c", "chanprune", 0.5, 88.9),                     # within one SE of ours.b: a tie at the cut
+            _sel_row("ours.d", "chanprune", 0.5, 99.0, status="failed"),    # failed rows never count
+            _sel_row("ours.e", "chanprune", 0.5, 99.0, round_to=8),         # nor the round_to study
+            _sel_row("tp.x", "torch-pruning", 0.5, 70.0), _sel_row("tp.y", "torch-pruning", 0.5, 80.0),
+            _sel_row("tp.z", "torch-pruning", 0.5, 60.0), _sel_row("tp.x", "torch-pruning", 0.33, 50.0)]
+    sel = {(s["target_macs"], s["family"]): s for s in sb.select_rows(rows, 2, "no_ft")}
+    assert sel[0.5, "chanprune"]["chosen"] == ["ours.a", "ours.b"]
+    assert sel[0.5, "chanprune"]["tied_with_last_chosen"] == ["ours.c"]
+    assert sel[0.5, "torch-pruning"]["chosen"] == ["tp.y", "tp.x"] and not sel[0.5, "torch-pruning"]["tied_with_last_chosen"]
+    assert sel[0.33, "torch-pruning"]["chosen"] == ["tp.x"] and (0.33, "chanprune") not in sel
+    ft_rows = [_sel_row("ours.a", "chanprune", 0.5, 90.0, ft=92.0, std=0.1),
+               _sel_row("ours.b", "chanprune", 0.5, 80.0, ft=92.5, std=0.1),
+               _sel_row("ours.c", "chanprune", 0.5, 95.0)]                   # not fine-tuned: not a candidate
+    (only,) = sb.select_rows(ft_rows, 1, "ft")
+    assert only["chosen"] == ["ours.b"] and only["tied_with_last_chosen"] == []
+
+
+def test_protocol_b_needs_the_rows_it_picks_from(sb, tmp_path, capsys):
+    assert sb.main(["--protocol", "b", "--zoo", str(tmp_path), "--models", "resnet20_fashion_mnist",
+                    "--finetune-device", "cpu"]) == 0   # nothing in this zoo: skipped, no rows to pick from needed
+    (tmp_path / "resnet20_fashion_mnist").mkdir()
+    (tmp_path / "resnet20_fashion_mnist" / "model.json").write_text("{}")
+    assert sb.main(["--protocol", "b", "--zoo", str(tmp_path), "--models", "resnet20_fashion_mnist",
+                    "--finetune-device", "cpu", "--dry-run"]) == 2
+    assert "run --protocol a first" in capsys.readouterr().err
+
+
+def test_protocols_a_then_b_on_a_tiny_zoo(sb, report, tiny_zoo, tmp_path, monkeypatch):
+    """(a) scores every method without a fine-tune; (b) fine-tunes the two best of each family with every seed,
+    in its own file, and a rerun of either computes nothing."""
+    monkeypatch.setitem(sb.PROTOCOL_RECIPE, "calibration_images", 64)
+    monkeypatch.setitem(sb.PROTOCOL_RECIPE, "test_images", 200)
+    monkeypatch.setitem(sb.PROTOCOL_RECIPE, "latency", {**sb.RECIPE["latency"], "repeats": 2, "warmup": 1})
+    monkeypatch.setitem(sb.PROTOCOL_RECIPE, "finetune",
+                        {**sb.PROTOCOL_RECIPE["finetune"], "train_images": 128, "batch_size": 64})
+    monkeypatch.setitem(sb.PROTOCOL_RECIPE, "seeds", [0, 1])
+    common = ["--zoo", str(tiny_zoo), "--models", "resnet20_digits", "--targets", "0.5", "--finetune-device", "cpu",
+              "--methods", "tp.l1_global,tp.l2_global,tp.l2_isomorphic,ours.hierarchical+compensate,"
+                           "ours.hierarchical+compensate+exceed,ours.l1+compensate,ours.cap"]
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    assert sb.main(common + ["--protocol", "a", "--out", str(a_dir)]) == 0
+    a = json.loads((a_dir / "scoreboard_resnet20_digits.json").read_text())
+    assert a["recipe"]["protocol"]["name"] == "a" and "finetune" not in a["recipe"]
+    assert len(a["rows"]) == 7 and all("accuracy_ft" not in r for r in a["rows"])  # +exceed: its parent refused 50 %
+    assert all(sum(r["status"] == "ok" and r["family"] == f for r in a["rows"]) >= 2
+               for f in ("chanprune", "torch-pruning"))
+    assert all(r["bn_images"] == 64 and r["test_images"] == 200 for r in a["rows"] if r["status"] == "ok")
+
+    assert sb.main(common + ["--protocol", "b", "--out", str(b_dir), "--select-from", str(a_dir)]) == 0
+    b = json.loads((b_dir / "scoreboard_resnet20_digits.json").read_text())
+    chosen = {m for s in b["selection"] for m in s["chosen"]}
+    want = {m for s in sb.select_rows(a["rows"], 2, "no_ft") for m in s["chosen"]}
+    assert chosen == want and len(chosen) == 4 and {r["method"] for r in b["rows"]} == chosen
+    for r in b["rows"]:
+        assert r["accuracy_ft"]["seeds"] == [0, 1] and len(r["accuracy_ft"]["values"]) == 2
+        assert r["selected_from"]["same_macs"] and r["latency"] == next(x["latency"] for x in a["rows"]
+                                                                         if x["key"] == r["key"])
+    assert b["recipe"]["finetune"]["epochs"] == 1 and b["recipe"]["finetune"]["train_images"] == 128
+    assert report.verdicts(b)[0]["ft"]["verdict"] in ("win", "tie", "loss")
+
+    assert sb.main(common + ["--protocol", "b", "--out", str(b_dir), "--select-from", str(a_dir)]) == 0
+    assert json.loads((b_dir / "scoreboard_resnet20_digits.json").read_text())["invocations"][-1]["rows_computed"] == 0
