@@ -30,10 +30,9 @@ import time
 import torch
 
 from bench.harness import RESULTS, Bench, Results, in_batches, kept, versions
+from chanprune import HierarchicalConfig, HRankConfig, L1Config, TaylorConfig
 from chanprune.analysis import AnalysisConfig, analyze
-from chanprune.config import HRankConfig, L1Config, TaylorConfig
 from chanprune.errors import ChanpruneError
-from chanprune.methods.hierarchical import HierarchicalConfig
 
 CALIBRATION = 512
 TEST_SUBSET = 2000

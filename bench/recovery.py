@@ -41,11 +41,8 @@ import torch
 import torch.nn as nn
 
 from bench.harness import RESULTS, Bench, Results, in_batches, kept, versions
-from chanprune.config import L1Config
+from chanprune import CaPConfig, CPConfig, HierarchicalConfig, L1Config
 from chanprune.errors import ChanpruneError
-from chanprune.methods.cap import CaPConfig
-from chanprune.methods.cp import CPConfig
-from chanprune.methods.hierarchical import HierarchicalConfig
 
 TEST_SUBSET = 2000
 CALIBRATION = 500

@@ -40,7 +40,7 @@ import torch
 
 import chanprune
 from bench.harness import RESULTS, ROOT, Bench, Results, versions
-from chanprune.config import L1Config
+from chanprune import L1Config
 from chanprune.engine import TrainConfig, finetune
 from chanprune.lowrank import DecomposeConfig, LowRank, TRPConfig, decompose, trp_train
 from chanprune.measurement import latency
