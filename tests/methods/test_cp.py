@@ -7,7 +7,8 @@ import torch
 import chanprune
 from chanprune.criteria import L1Config
 from chanprune.graph import PruningGraph
-from chanprune.methods.cp import CPConfig, LassoStats, lasso_select
+from chanprune.methods.cp import CPConfig
+from chanprune.recovery.lasso import LassoStats, lasso_select
 from chanprune.graph import is_residual
 from chanprune.errors import ConfigError
 from tests.conftest import calib, tiny
@@ -308,11 +309,12 @@ def test_replay_from_a_cut_gives_the_same_rows_and_the_same_pruned_model(monkeyp
     with every pass starting at the network input."""
     from chanprune.methods import cp as cp_mod
     from chanprune.recovery import consumer_rows
+    from chanprune.recovery.stats import Replay
 
     model = tiny("resnet20")
     x, y = calib(20)
     batches = [(x[:8], y[:8]), (x[8:16], y[8:16]), (x[16:], y[16:])]
-    replay = cp_mod._Replay(model, batches)
+    replay = Replay(model, batches)
     assert replay.valid("layer2.1") and not replay.valid("layer2.1.conv1") and not replay.valid("layer2.1.bn1")
     replay.move_to("layer2.1")
     names = ["layer2.1.conv2", "layer3.0.conv1", "fc"]
@@ -321,10 +323,10 @@ def test_replay_from_a_cut_gives_the_same_rows_and_the_same_pruned_model(monkeyp
     for n in names:
         assert torch.allclose(got[n], want[n], atol=1e-6), n
     mobile = tiny("mobilenetv2")  # its tiny random version gives the same logits for every image
-    assert not cp_mod._Replay(mobile, batches).valid("features.2.conv")  # x + conv(x): the shapes clash
+    assert not Replay(mobile, batches).valid("features.2.conv")  # x + conv(x): the shapes clash
     cfg = CPConfig(target_macs=0.5, calibration=20)
     fast = chanprune.prune(model, cfg, data=(x, y), example_inputs=x[:1])
-    monkeypatch.setattr(cp_mod._Replay, "valid", lambda self, name: False)
+    monkeypatch.setattr(Replay, "valid", lambda self, name: False)
     slow = chanprune.prune(model, cfg, data=(x, y), example_inputs=x[:1])
     xt, _ = calib(8, seed=3)
     with torch.no_grad():

@@ -41,7 +41,7 @@ nothing upstream has changed in the samples, so there is no correction. Branch e
 traced graph; the shortcut operand is caught at the addition itself (a ``TorchFunctionMode`` that watches
 additions reading the branch's output), so any residual block written with ``+``/``add`` works.
 
-Cost: each group's sampling pass starts at a cached *cut* before the group (:class:`_Replay`, checked
+Cost: each group's sampling pass starts at a cached *cut* before the group (:class:`~chanprune.recovery.stats.Replay`, checked
 against a full forward) instead of at the network input, and collects the consumer rows and the shortcut
 operands in one go, so the passes add up to about two forwards over the calibration set.
 
@@ -52,11 +52,9 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
@@ -65,8 +63,9 @@ from .. import allocation as alloc
 from ..config import PruneConfig
 from ..errors import ConfigError
 from ..recovery.compensation import Compensation, NormFolds, write_consumer
+from ..recovery.lasso import LassoStats, Selection, lasso_select
 from ..recovery.lstsq import lstsq_refit
-from ..recovery.stats import columns, consumer_rows, patches, sample_positions, supported, weight_matrix
+from ..recovery.stats import Replay, StopPass, call_order, columns, consumer_rows, gather_rows, supported, weight_matrix
 from ..surgery import mask_hooks, mask_sites
 from .pipeline import PruneSession, register_planner
 
@@ -106,191 +105,6 @@ class CPConfig(PruneConfig):
                               f"the penalty bisected, as CP's code), not {self.lasso_solver!r}.")
         if self.source_X not in ("pruned", "original"):
             raise ConfigError(f"source_X must be 'pruned' or 'original', not {self.source_X!r}.")
-
-
-# --------------------------------------------------------------------------- LASSO selection
-
-
-@dataclass
-class Selection:
-    selected: list[int]     # exactly `keep` channels
-    alpha: float
-    lasso_count: int        # |S| of the LASSO solution before trimming
-    success: bool           # the bisection reached c′ ≤ |S| ≤ (1 + tol)c′
-    fits: int
-
-
-@dataclass
-class LassoStats:
-    """Sufficient statistics of the LASSO design: ZᵀZ, Zᵀy, column sums of Z, Σy, Σy², row count.
-
-    Rows of several consumers stack by adding their statistics, and Z (Mn × c) is never formed.
-    """
-
-    gram: torch.Tensor
-    zy: torch.Tensor
-    zsum: torch.Tensor
-    ysum: float
-    yy: float
-    rows: int
-
-    @classmethod
-    def from_design(cls, Z: torch.Tensor, y: torch.Tensor) -> "LassoStats":
-        Z, y = Z.double(), y.double().reshape(-1)
-        return cls(Z.T @ Z, Z.T @ y, Z.sum(0), float(y.sum()), float(y @ y), Z.shape[0])
-
-    @classmethod
-    def from_consumer(cls, X: torch.Tensor, W: torch.Tensor, Y: torch.Tensor, blocks) -> "LassoStats":
-        """Z_j = vec(X_jW_jᵀ)/‖W_j‖_F for the column blocks ``blocks[j]`` of X (M × D), W (n × D), Y (M × n)."""
-        X, W, Y = X.double(), W.double(), Y.double()
-        c = len(blocks)
-        owner = torch.full((W.shape[1],), -1, dtype=torch.long)
-        scale = torch.zeros(W.shape[1], dtype=torch.float64)
-        for j, cols in enumerate(blocks):
-            owner[cols] = j
-            scale[cols] = 1.0 / W[:, cols].norm().clamp_min(1e-12)
-        used = torch.nonzero(owner >= 0).flatten()
-        own, Xu, Wu = owner[used], X[:, used], W[:, used] * scale[used]
-        onehot = torch.zeros(len(used), c, dtype=torch.float64)
-        onehot[torch.arange(len(used)), own] = 1.0
-        # ⟨vec X_aW_aᵀ, vec X_bW_bᵀ⟩ summed over the coordinates a ∈ j, b ∈ k
-        gram = onehot.T @ ((Xu.T @ Xu) * (Wu.T @ Wu)) @ onehot
-        zy = ((Y.T @ Xu) * Wu).sum(0) @ onehot
-        zsum = (Wu.sum(0) * Xu.sum(0)) @ onehot
-        return cls(gram, zy, zsum, float(Y.sum()), float((Y * Y).sum()), Y.numel())
-
-    def __add__(self, other: "LassoStats") -> "LassoStats":
-        return LassoStats(self.gram + other.gram, self.zy + other.zy, self.zsum + other.zsum,
-                          self.ysum + other.ysum, self.yy + other.yy, self.rows + other.rows)
-
-    def centred(self):
-        """(ZcᵀZc, Zcᵀyc, ycᵀyc): the intercept removed."""
-        n = max(self.rows, 1)
-        zbar, ybar = self.zsum / n, self.ysum / n
-        return self.gram - n * torch.outer(zbar, zbar), self.zy - n * zbar * ybar, self.yy - n * ybar * ybar
-
-
-def lasso_select(design, y: torch.Tensor | None = None, keep: int = 1, tol: float = 0.1,
-                 max_iter: int = 40, solver: str = "lars") -> Selection:
-    """Pick ``keep`` columns by LASSO, min (1/2N)‖y − Zβ‖² + α‖β‖₁, with α searched for the count.
-
-    ``design`` is Z (with ``y``) or a :class:`LassoStats`. The intercept is removed by centring.
-
-    ``solver="lars"`` (default) computes the exact LASSO path from ZᵀZ and Zᵀy (scikit-learn's
-    ``lars_path_gram``, method ``"lasso"``) and reads off the largest α whose solution has exactly
-    ``keep`` non-zeros — at the path's knots and between them (variables can also leave the active set,
-    so |S| is not assumed monotone in α); failing that, the largest α with c′ ≤ |S| ≤ (1 + tol)c′, else
-    the smallest |S| ≥ c′ (``success`` False). ``solver="cd"`` is CP's code: scikit-learn's coordinate
-    descent ``Lasso`` with α's upper bound doubled, then bisected (at most ``max_iter`` fits) until
-    c′ ≤ |S| ≤ (1 + tol)c′, on an equivalent (c+1) × c design Z′, y′ with [Z′ y′]ᵀ[Z′ y′] = [Z y]ᵀ[Z y]
-    (centred) and the penalty rescaled by N/(c+1). Where the LASSO minimiser is unique both give it
-    (coordinate descent to its tolerance); the path lands on c′ exactly more often, so the final trim of
-    S to ``keep`` by |β| (both solvers) rarely has anything to do. With collinear columns the minimiser
-    is not unique and the two may zero different ones.
-
-    Columns that are constant (dead channels) are never selected by the LASSO; when at most ``keep``
-    are alive it is skipped (all live channels stay, dead ones fill up by index; ``success`` is then False).
-    """
-    if solver not in ("lars", "cd"):
-        raise ConfigError(f"solver must be 'lars' or 'cd', not {solver!r}.")
-    stats = design if isinstance(design, LassoStats) else LassoStats.from_design(design, y)
-    gram, zy, yy = stats.centred()
-    c, rows = gram.shape[0], max(stats.rows, 1)
-    if keep >= c:
-        return Selection(list(range(c)), 0.0, c, True, 0)
-    if not (torch.isfinite(gram).all() and torch.isfinite(zy).all()):
-        raise ConfigError("the LASSO design has NaN or infinite entries (non-finite activations); check the model and data.")
-    diag = torch.diagonal(gram)
-    live = int((diag > 1e-12 * float(diag.max().clamp_min(1e-300))).sum())
-    alpha_max = float(zy.abs().max()) / rows
-    if live <= keep or alpha_max <= 0:  # every live channel stays; dead ones fill up by index
-        return _trim(diag.clamp_min(0), keep, 0.0, live, False, 0)
-    if solver == "lars":
-        return _lars_select(gram, zy, rows, keep, tol, live)
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import Lasso
-
-    aug = torch.zeros(c + 1, c + 1, dtype=torch.float64)
-    aug[:c, :c], aug[:c, c], aug[c, :c], aug[c, c] = gram, zy, zy, yy
-    evals, evecs = torch.linalg.eigh((aug + aug.T) / 2)
-    root = evals.clamp_min(0).sqrt()[:, None] * evecs.T
-    Zr = np.asfortranarray(root[:, :c].numpy())
-    yr = np.ascontiguousarray(root[:, c].numpy())
-    fits = [0]
-
-    def fit(alpha: float):
-        fits[0] += 1
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model = Lasso(alpha=alpha * rows / (c + 1), fit_intercept=False, max_iter=5000, tol=1e-4)
-            model.fit(Zr, yr, check_input=False)
-        coef = torch.from_numpy(model.coef_.copy())
-        return coef, int((coef != 0).sum())
-
-    best, best_count, best_alpha = None, c + 1, 0.0
-    lo, hi = 0.0, alpha_max * 1e-3
-    for _ in range(64):  # double the upper bound until fewer than keep survive (α ≥ α_max zeroes all)
-        coef, n = fit(hi)
-        if n < keep:
-            break
-        if n <= best_count:
-            best, best_count, best_alpha = coef, n, hi
-        if n <= (1 + tol) * keep:
-            return _trim(best, keep, best_alpha, best_count, True, fits[0])
-        lo, hi = hi, hi * 2
-    success = False
-    for _ in range(max_iter):
-        mid = (lo + hi) / 2
-        coef, n = fit(mid)
-        if keep <= n <= best_count:
-            best, best_count, best_alpha = coef, n, mid
-        if keep <= n <= (1 + tol) * keep:
-            success = True
-            break
-        if n < keep:
-            hi = mid
-        else:
-            lo = mid
-    if best is None:  # never ≥ keep channels at α > 0: least squares (α = 0) ranks them
-        best = torch.linalg.lstsq(gram, zy[:, None], driver="gelsd").solution[:, 0]
-        best_count, best_alpha = live, 0.0
-    return _trim(best, keep, best_alpha, best_count, success, fits[0])
-
-
-def _lars_select(gram: torch.Tensor, zy: torch.Tensor, rows: int, keep: int, tol: float, live: int) -> Selection:
-    from sklearn.linear_model import lars_path_gram
-
-    dead = torch.diagonal(gram) <= 1e-12 * float(torch.diagonal(gram).max().clamp_min(1e-300))
-    g, v = gram.clone(), zy.clone()
-    g[dead, :] = 0.0
-    g[:, dead] = 0.0
-    g[dead, dead] = 1.0  # a dead column stays out of the path (zero correlation) without a singular Gram
-    v[dead] = 0.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "degenerate regressors" / early stopping on collinear columns
-        alphas, _, coefs = lars_path_gram(Xy=v.numpy(), Gram=g.numpy(), n_samples=rows, method="lasso")
-    coefs = torch.from_numpy(np.ascontiguousarray(coefs))
-    alphas = torch.from_numpy(np.ascontiguousarray(alphas))
-    points = [(float(alphas[k]), coefs[:, k]) for k in range(coefs.shape[1])]
-    points += [(float(alphas[k] + alphas[k + 1]) / 2, (coefs[:, k] + coefs[:, k + 1]) / 2) for k in range(coefs.shape[1] - 1)]
-    points.sort(key=lambda p: -p[0])  # largest α (sparsest) first
-    counts = [int((beta != 0).sum()) for _, beta in points]
-    for accept in (lambda n: n == keep, lambda n: keep <= n <= (1 + tol) * keep):
-        for (alpha, beta), n in zip(points, counts):
-            if accept(n):
-                return _trim(beta, keep, alpha, n, True, coefs.shape[1])
-    above = [(n, -alpha, i) for i, ((alpha, _), n) in enumerate(zip(points, counts)) if n >= keep]
-    if above:
-        n, _, i = min(above)
-        return _trim(points[i][1], keep, points[i][0], n, False, coefs.shape[1])
-    # the path never reached keep channels (collinear live columns): least squares ranks them
-    best = torch.linalg.lstsq(gram, zy[:, None], driver="gelsd").solution[:, 0]
-    return _trim(best, keep, 0.0, live, False, coefs.shape[1])
-
-
-def _trim(beta: torch.Tensor, keep: int, alpha: float, count: int, success: bool, fits: int) -> Selection:
-    order = torch.argsort(beta.abs(), descending=True, stable=True)
-    return Selection(sorted(order[:keep].tolist()), alpha, count, success, fits)
 
 
 # --------------------------------------------------------------------------- multi-branch correction
@@ -346,13 +160,9 @@ def branch_ends(graph, names) -> dict[str, BranchEnd]:
     return out
 
 
-class _Stop(Exception):
-    """Raised once a pass has collected everything it needs (the rest of the forward is skipped)."""
-
-
 class _ShortcutCatcher(TorchFunctionMode):
     """Records the other operand of every addition that reads a marked tensor (a branch's output); raises
-    :class:`_Stop` after an addition once ``done()`` says the pass has everything."""
+    :class:`StopPass` after an addition once ``done()`` says the pass has everything."""
 
     def __init__(self, marked: dict, found: dict, done):
         super().__init__()
@@ -368,148 +178,23 @@ class _ShortcutCatcher(TorchFunctionMode):
                     self.found[who] = other.detach().clone()
                     hit = True
             if hit and self.done():
-                raise _Stop
+                raise StopPass
         return func(*args, **kwargs)
 
 
-def _dummy(images: torch.Tensor, cached: int) -> torch.Tensor:
-    """Zeros standing in for the input of a replayed prefix: a batch of 2 (3 if the cached batch has 2), so a
-    tensor of the prefix that reaches the part after the cut (where the cached batch runs) cannot broadcast
-    against it — the shapes clash and the pass fails instead of silently mixing."""
-    k = 3 if cached == 2 else 2
-    return torch.zeros((k,) + tuple(images.shape[1:]), dtype=images.dtype)
-
-
-class _Replay:
-    """The calibration activations of a network at a *cut*: a module whose input is all that the rest of the
-    forward needs. A pass can then start there instead of at the network input — the prefix runs on a
-    dummy batch (:func:`_dummy`) and the cut's input is swapped for the cached activations — so CP's
-    layer-by-layer passes cost about two forwards in all instead of one partial forward per group. A cut is
-    accepted only after a check on a probe batch: the replay must run (a module whose input is not the only
-    live tensor, e.g. a residual branch's first conv, fails with a shape clash) and give the output of a
-    full forward."""
-
-    def __init__(self, model: nn.Module, batches):
-        self.model = model
-        self.raw = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
-        self.cut: str | None = None
-        self.cached: list[torch.Tensor] | None = None
-        self._valid: dict[str, bool] = {}
-        self.device = next(model.parameters()).device
-
-    def _forward(self, bi: int, hooks: dict, mode=None) -> None:
-        """One forward of batch ``bi`` from the current cut, with extra pre-hooks {module name: fn(module, inputs)}."""
-        modules = dict(self.model.named_modules())
-        handles = []
-        if self.cut is not None:
-            cached = self.cached[bi]
-            handles.append(modules[self.cut].register_forward_pre_hook(lambda _m, _i: (cached,)))
-        handles += [modules[n].register_forward_pre_hook(fn) for n, fn in hooks.items()]
-        x = self.raw[bi] if self.cut is None else _dummy(self.raw[bi], len(self.cached[bi]))
-        try:
-            if mode is not None:
-                with mode:
-                    self.model(x.to(self.device))
-            else:
-                self.model(x.to(self.device))
-        except _Stop:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-
-    def valid(self, name: str) -> bool:
-        """Whether ``name`` works as a cut (checked once, on the first batch's first four images)."""
-        if name not in self._valid:
-            modules = dict(self.model.named_modules())
-            x = self.raw[0][:4].to(self.device)
-            if len(x) < 2:  # a one-image probe cannot tell a cut from a module that is not one
-                self._valid[name] = False
-                return False
-            seen: list = []
-            h = modules[name].register_forward_pre_hook(lambda _m, i: seen.append(i))
-            try:
-                with torch.no_grad():
-                    want = self.model(x)
-            finally:
-                h.remove()
-            ok = len(seen) == 1 and len(seen[0]) == 1 and isinstance(seen[0][0], torch.Tensor)
-            if ok:
-                held = seen[0][0]
-                h = modules[name].register_forward_pre_hook(lambda _m, _i: (held,))
-                try:
-                    with torch.no_grad():
-                        got = self.model(_dummy(x, len(x)))
-                    ok = got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5 * (1 + float(want.abs().max())))
-                except Exception:  # noqa: BLE001 - any failure of the replay means "not a cut"
-                    ok = False
-                finally:
-                    h.remove()
-            self._valid[name] = ok
-        return self._valid[name]
-
-    def move_to(self, name: str) -> None:
-        """Cache the input of module ``name`` (later in the forward than the current cut) for every batch."""
-        if name == self.cut:
-            return
-        modules = dict(self.model.named_modules())
-        out: list[torch.Tensor] = []
-
-        def grab(_m, inputs):
-            out.append(inputs[0].detach())
-            raise _Stop
-
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                for bi in range(len(self.raw)):
-                    before = len(out)
-                    self._forward(bi, {name: grab})
-                    if len(out) != before + 1:
-                        raise ConfigError(f"layer {name!r} did not run in the forward pass; CP cannot sample there.")
-        finally:
-            self.model.train(was_training)
-        self.cut, self.cached = name, out
-
-
-def sample_rows(replay: _Replay, consumers, ends: dict[str, BranchEnd], points_per_image, seed: int):
+def sample_rows(replay: Replay, consumers, ends: dict[str, BranchEnd], points_per_image, seed: int):
     """({consumer: X}, {branch end: S}) in one pass (from the replay's cut): X the consumer's im2col rows
     and S the shortcut operand of the branch end's addition, both at the positions
     :func:`chanprune.recovery.stats.sample_positions` draws — the rows :func:`chanprune.recovery.consumer_rows`
     returns for the same model, seed and counts."""
-    model = replay.model
-    modules = dict(model.named_modules())
-    for n in consumers:
-        if not supported(modules[n]):
-            raise ConfigError(f"layer {n!r} has no im2col consumer view (only Linear and convs with groups=1).")
-    xs: dict[str, list[torch.Tensor]] = {n: [] for n in consumers}
+    modules = dict(replay.model.named_modules())
     ss: dict[str, list[torch.Tensor]] = {n: [] for n in ends}
     marked: dict[str, torch.Tensor] = {}
     found: dict[str, torch.Tensor] = {}
-    pending: set[str] = set()
     batch = [0]
 
     def points(n):
         return int(points_per_image[n] if isinstance(points_per_image, dict) else points_per_image)
-
-    def gather(n, p):  # p: (N, L, D)
-        pos = sample_positions(n, seed, batch[0], p.shape[0], p.shape[1], points(n))
-        if pos is not None:
-            p = torch.gather(p, 1, pos.to(p.device)[:, :, None].expand(-1, -1, p.shape[2]))
-        return p.reshape(-1, p.shape[2]).double().cpu()
-
-    def row_hook(n):
-        module = modules[n]
-
-        def hook(_m, inputs):
-            if n in pending:
-                xs[n].append(gather(n, patches(module, inputs[0])))
-                pending.discard(n)
-                if not pending and len(found) == len(ends):
-                    raise _Stop
-
-        return hook
 
     def mark(n):
         def hook(_m, _inputs, output):
@@ -517,38 +202,39 @@ def sample_rows(replay: _Replay, consumers, ends: dict[str, BranchEnd], points_p
 
         return hook
 
+    def start(bi):
+        batch[0] = bi
+        marked.clear()
+        found.clear()
+
+    def collect(bi):
+        for n in ends:
+            if n not in found:
+                raise ConfigError(f"the residual addition after layer {n!r} was not seen in the forward pass; "
+                                  "pass residual_correction=False.")
+            s = found[n]
+            ss[n].append(gather_rows(n, seed, bi, s.reshape(s.shape[0], s.shape[1], -1).transpose(1, 2), points(n)))
+
+    def done() -> bool:
+        return len(found) == len(ends)
+
+    def catcher():
+        return _ShortcutCatcher(marked, found, lambda: not replay.pending and done()) if ends else None
+
     marks = [modules[e.last].register_forward_hook(mark(n)) for n, e in ends.items()]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            for bi in range(len(replay.raw)):
-                batch[0] = bi
-                pending.clear()
-                pending.update(consumers)
-                marked.clear()
-                found.clear()
-                mode = _ShortcutCatcher(marked, found, lambda: not pending and len(found) == len(ends)) if ends else None
-                replay._forward(bi, {n: row_hook(n) for n in consumers}, mode)
-                if pending:
-                    raise ConfigError(f"layer(s) {sorted(pending)} did not run in the forward pass; CP cannot sample them.")
-                for n in ends:
-                    if n not in found:
-                        raise ConfigError(f"the residual addition after layer {n!r} was not seen in the forward pass; "
-                                          "pass residual_correction=False.")
-                    s = found[n]
-                    ss[n].append(gather(n, s.reshape(s.shape[0], s.shape[1], -1).transpose(1, 2)))
+        xs = consumer_rows(replay, list(consumers), points_per_image=points_per_image, seed=seed, on_batch=start,
+                           after_batch=collect, mode=catcher, done=done, require="CP")
     finally:
         for h in marks:
             h.remove()
-        model.train(was_training)
-    return {n: torch.cat(r, 0) for n, r in xs.items()}, {n: torch.cat(r, 0) for n, r in ss.items()}
+    return xs, {n: torch.cat(r, 0) for n, r in ss.items()}
 
 
 def shortcut_rows(model: nn.Module, ends: dict[str, BranchEnd], batches, points_per_image, seed: int) -> dict[str, torch.Tensor]:
     """{consumer: S (M × n, float64)}: the shortcut operand of each branch end's addition, at the output
     positions :func:`chanprune.recovery.consumer_rows` samples for that consumer (same seed and counts)."""
-    return sample_rows(_Replay(model, batches), [], ends, points_per_image, seed)[1]
+    return sample_rows(Replay(model, batches), [], ends, points_per_image, seed)[1]
 
 
 def corrected_target(y: torch.Tensor, s_orig: torch.Tensor, s_pruned: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -568,60 +254,6 @@ def eligible_groups(session: PruneSession) -> list:
         g for g in session.graph.groups
         if g.consumers and all(supported(c.module) for c in g.consumers) and not g.is_residual
     ]
-
-
-def _execution_order(model: torch.nn.Module, example_inputs: torch.Tensor) -> dict[str, int]:
-    order: dict[str, int] = {}
-    names = {m: n for n, m in model.named_modules()}
-
-    def hook(module, _inputs, _output):
-        order.setdefault(names[module], len(order))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            model(example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return order
-
-
-def _first_calls(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
-    """Names of the modules (containers too) in the order of their first call; modules called more than
-    once per forward are left out (they cannot be cuts)."""
-    calls: list[str] = []
-    count: dict[str, int] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
-
-        def hook(_m, _i, name=name):
-            count[name] = count.get(name, 0) + 1
-            if count[name] == 1:
-                calls.append(name)
-
-        handles.append(module.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            model.eval()(example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return [n for n in calls if count[n] == 1]
-
-
-def _cut_before(replay: _Replay, calls: list[str], producers: list[str]) -> str | None:
-    """The latest valid cut called before every one of ``producers`` (None: start at the network input)."""
-    first = min((calls.index(p) for p in producers if p in calls), default=None)
-    if first is None:
-        return None
-    start = calls.index(replay.cut) if replay.cut in calls else -1
-    for i in range(first - 1, start, -1):
-        if replay.valid(calls[i]):
-            return calls[i]
-    return replay.cut
 
 
 def _inputs(module: torch.nn.Module) -> int:
@@ -673,7 +305,8 @@ def cp_planner(session: PruneSession) -> dict[int, list[int]]:
     uniform = alloc.uniform(channels, round_to=cfg.round_to)
     keep = session.allocate(lambda t: [k if gi in chosen else c for gi, (k, c) in enumerate(zip(uniform(t), channels))])
 
-    order = _execution_order(session.work, session.example_inputs)
+    calls, count = call_order(session.work, session.example_inputs)
+    order = {n: i for i, n in enumerate(calls)}
     groups.sort(key=lambda g: min(order.get(p.name, 1 << 30) for p in g.producers))
     orig = dict(session.work.named_modules())
     names = sorted({c.name for g in groups for c in g.consumers})
@@ -685,7 +318,7 @@ def cp_planner(session: PruneSession) -> dict[int, list[int]]:
     ends: dict[str, BranchEnd] = {}
     if cfg.residual_correction and cfg.source_X == "pruned":
         ends = branch_ends(graph, names)
-    x_orig, s_orig = sample_rows(_Replay(session.work, session.batches), names, ends, ppi, cfg.seed)
+    x_orig, s_orig = sample_rows(Replay(session.work, session.batches), names, ends, ppi, cfg.seed)
     y_orig = {}
     for n in names:
         W = weight_matrix(orig[n]).detach().double().cpu()
@@ -697,8 +330,8 @@ def cp_planner(session: PruneSession) -> dict[int, list[int]]:
 
     work = copy.deepcopy(session.work)  # the network pruned so far: removed channels masked, refits applied
     mods = dict(work.named_modules())
-    replay = _Replay(work, session.batches)
-    calls = _first_calls(work, session.example_inputs)
+    replay = Replay(work, session.batches)
+    cuts = [n for n in calls if count[n] == 1]  # a module called twice per forward cannot be a cut
     gen = torch.Generator().manual_seed(cfg.seed)
     plan: dict[int, list[int]] = {}
     refits: dict[str, tuple] = {}
@@ -713,8 +346,8 @@ def cp_planner(session: PruneSession) -> dict[int, list[int]]:
         if cfg.source_X == "pruned":
             handles = mask_hooks(work, mask_sites(graph, plan))
             try:
-                cut = _cut_before(replay, calls, [p.name for p in g.producers])
-                if cut is not None and (replay.cut is None or calls.index(cut) > calls.index(replay.cut)):
+                cut = replay.cut_before(cuts, [p.name for p in g.producers])
+                if cut is not None and (replay.cut is None or cuts.index(cut) > cuts.index(replay.cut)):
                     replay.move_to(cut)  # through the groups pruned so far, with their refits
                 here = {n: ends[n] for n in consumers if n in ends}
                 xs, s_pruned = sample_rows(replay, consumers, here, ppi, cfg.seed)

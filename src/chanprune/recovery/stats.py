@@ -15,15 +15,17 @@ Only dense convs (``groups == 1``) and Linear layers have this view; :func:`supp
 """
 from __future__ import annotations
 
+import contextlib
 import zlib
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..modes import eval_mode
 
 _MAX_CHUNK = 1 << 22  # elements of one float64 row block (32 MiB)
 
@@ -136,52 +138,176 @@ def _modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
     return modules
 
 
-class _Done(Exception):
-    """Raised by a hook once every layer of interest has seen the batch (the rest of the pass is skipped)."""
+class StopPass(Exception):
+    """Raised inside a forward pass once it has given everything asked of it (the rest is skipped)."""
 
 
-def _run(model: nn.Module, batches, hooks: Mapping[str, callable], on_batch=None, stop_early: bool = False,
-         modules: Mapping[str, nn.Module] | None = None) -> None:
-    """One eval-mode forward pass over ``batches`` with forward pre-hooks on the named layers.
+def _dummy(images: torch.Tensor, cached: int) -> torch.Tensor:
+    """Zeros standing in for the input of a replayed prefix: a batch of 2 (3 if the cached batch has 2), so a
+    tensor of the prefix that reaches the part after the cut (where the cached batch runs) cannot broadcast
+    against it — the shapes clash and the pass fails instead of silently mixing."""
+    k = 3 if cached == 2 else 2
+    return torch.zeros((k,) + tuple(images.shape[1:]), dtype=images.dtype)
 
-    ``stop_early``: abandon each forward once every hooked layer has run once (for layers called
-    once per forward, which is what the consumer view assumes).
-    """
-    modules = dict(model.named_modules()) if modules is None else modules
-    if not batches:
-        raise ConfigError("consumer statistics need calibration data; pass data=... (a DataBundle or (images, labels)).")
-    pending: set[str] = set()
 
-    def wrap(name, fn):
-        def hook(module, inputs):
-            fn(module, inputs)
-            pending.discard(name)
-            if stop_early and not pending:
-                raise _Done
+def call_order(model: nn.Module, example_inputs: torch.Tensor) -> tuple[list[str], dict[str, int]]:
+    """(names of the modules, containers too, in the order of their first call; calls per forward) from one
+    eval-mode forward of ``example_inputs``."""
+    calls: list[str] = []
+    count: dict[str, int] = {}
 
-        return hook
+    def hook(_m, _i, name):
+        count[name] = count.get(name, 0) + 1
+        if count[name] == 1:
+            calls.append(name)
 
-    handles = [modules[n].register_forward_pre_hook(wrap(n, h)) for n, h in hooks.items()]
-    was_training = model.training
-    if was_training:
-        model.eval()
-    device = next(model.parameters()).device
+    handles = [m.register_forward_pre_hook(lambda m_, i_, name=n: hook(m_, i_, name))
+               for n, m in model.named_modules() if n]
     try:
-        with torch.no_grad():
-            for bi, batch in enumerate(batches):
-                if on_batch is not None:
-                    on_batch(bi)
-                pending.update(hooks)
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                try:
-                    model(x.to(device))
-                except _Done:
-                    pass
+        with eval_mode(model), torch.no_grad():
+            model(example_inputs)
     finally:
         for h in handles:
             h.remove()
-        if was_training:
-            model.train()
+    return calls, count
+
+
+class Replay:
+    """Eval-mode, no-grad forward passes over calibration batches that stop as soon as they have what was asked.
+
+    Every statistics pass here (moments, sampled rows) is such a pass. A pass can also start at a *cut*: a
+    module whose input is all that the rest of the forward needs. After :meth:`move_to` caches the cut's
+    input for every batch, the prefix runs on a dummy batch (:func:`_dummy`) and the cut's input is swapped
+    for the cached activations, so a method that samples layer after layer (CP) pays about two forwards in
+    all instead of one partial forward per layer. A cut is accepted only after a check on a probe batch
+    (:meth:`valid`): the replay must run (a module whose input is not the only live tensor, e.g. a residual
+    branch's first conv, fails with a shape clash) and give the output of a full forward.
+    """
+
+    def __init__(self, model: nn.Module, batches):
+        if not batches:
+            raise ConfigError("consumer statistics need calibration data; pass data=... (a DataBundle or (images, labels)).")
+        self.model = model
+        self.raw = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
+        self.cut: str | None = None
+        self.cached: list[torch.Tensor] | None = None
+        self.pending: set[str] = set()
+        self._valid: dict[str, bool] = {}
+        self.device = next(model.parameters()).device
+
+    def _forward(self, bi: int, hooks: Mapping[str, Callable], mode=None) -> None:
+        """One forward of batch ``bi`` from the current cut, with pre-hooks {module name: fn(module, inputs)}."""
+        modules = dict(self.model.named_modules())
+        handles = []
+        if self.cut is not None:
+            cached = self.cached[bi]
+            handles.append(modules[self.cut].register_forward_pre_hook(lambda _m, _i: (cached,)))
+        handles += [modules[n].register_forward_pre_hook(fn) for n, fn in hooks.items()]
+        x = self.raw[bi] if self.cut is None else _dummy(self.raw[bi], len(self.cached[bi]))
+        try:
+            with contextlib.ExitStack() as stack:
+                if mode is not None:
+                    stack.enter_context(mode)
+                self.model(x.to(self.device))
+        except StopPass:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+
+    def run(self, hooks: Mapping[str, Callable], *, on_batch: Callable[[int], None] | None = None,
+            after_batch: Callable[[int], None] | None = None, mode: Callable[[], object] | None = None,
+            done: Callable[[], bool] | None = None, require: str | None = None) -> None:
+        """One pass over every batch with ``hooks[name](module, inputs)`` on each named layer's first call.
+
+        Each forward stops once every hooked layer has run and ``done()`` (if given) holds. ``mode()`` gives
+        a context (e.g. a ``TorchFunctionMode``) to run each forward in. With ``require`` (the caller's name,
+        for the message) a hooked layer that did not run is an error.
+        """
+        def wrap(name, fn):
+            def hook(module, inputs):
+                if name not in self.pending:
+                    return
+                fn(module, inputs)
+                self.pending.discard(name)
+                if not self.pending and (done is None or done()):
+                    raise StopPass
+
+            return hook
+
+        with eval_mode(self.model), torch.no_grad():
+            for bi in range(len(self.raw)):
+                if on_batch is not None:
+                    on_batch(bi)
+                self.pending = set(hooks)
+                self._forward(bi, {n: wrap(n, fn) for n, fn in hooks.items()}, mode() if mode is not None else None)
+                if require and self.pending:
+                    raise ConfigError(f"layer(s) {sorted(self.pending)} did not run in the forward pass; {require} cannot sample them.")
+                if after_batch is not None:
+                    after_batch(bi)
+
+    def valid(self, name: str) -> bool:
+        """Whether ``name`` works as a cut (checked once, on the first batch's first four images)."""
+        if name not in self._valid:
+            modules = dict(self.model.named_modules())
+            x = self.raw[0][:4].to(self.device)
+            if len(x) < 2:  # a one-image probe cannot tell a cut from a module that is not one
+                self._valid[name] = False
+                return False
+            seen: list = []
+            h = modules[name].register_forward_pre_hook(lambda _m, i: seen.append(i))
+            try:
+                with eval_mode(self.model), torch.no_grad():
+                    want = self.model(x)
+            finally:
+                h.remove()
+            ok = len(seen) == 1 and len(seen[0]) == 1 and isinstance(seen[0][0], torch.Tensor)
+            if ok:
+                held = seen[0][0]
+                h = modules[name].register_forward_pre_hook(lambda _m, _i: (held,))
+                try:
+                    with eval_mode(self.model), torch.no_grad():
+                        got = self.model(_dummy(x, len(x)))
+                    ok = got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5 * (1 + float(want.abs().max())))
+                except Exception:  # noqa: BLE001 - any failure of the replay means "not a cut"
+                    ok = False
+                finally:
+                    h.remove()
+            self._valid[name] = ok
+        return self._valid[name]
+
+    def cut_before(self, calls: Sequence[str], layers: Sequence[str]) -> str | None:
+        """The latest valid cut called before every one of ``layers`` and not before the current cut
+        (None: the network input). ``calls`` lists single-call modules in call order (:func:`call_order`)."""
+        first = min((calls.index(p) for p in layers if p in calls), default=None)
+        if first is None:
+            return None
+        start = calls.index(self.cut) if self.cut in calls else -1
+        for i in range(first - 1, start, -1):
+            if self.valid(calls[i]):
+                return calls[i]
+        return self.cut
+
+    def move_to(self, name: str) -> None:
+        """Cache the input of module ``name`` (later in the forward than the current cut) for every batch."""
+        if name == self.cut:
+            return
+        out: list[torch.Tensor] = []
+
+        def grab(_m, inputs):
+            out.append(inputs[0].detach())
+
+        self.run({name: grab}, require="a replay")
+        self.cut, self.cached = name, out
+
+
+def gather_rows(name: str, seed: int, batch_index: int, p: torch.Tensor, points: int) -> torch.Tensor:
+    """Rows (images·points × D, float64 on the CPU) of ``p`` (N × L × D) at the positions
+    :func:`sample_positions` draws for consumer ``name`` in batch ``batch_index``."""
+    pos = sample_positions(name, seed, batch_index, p.shape[0], p.shape[1], points)
+    if pos is not None:
+        p = torch.gather(p, 1, pos.to(p.device)[:, :, None].expand(-1, -1, p.shape[2]))
+    return p.reshape(-1, p.shape[2]).double().cpu()
 
 
 def consumer_moments(
@@ -208,7 +334,7 @@ def consumer_moments(
 
         return hook
 
-    _run(model, batches, {n: make(n) for n in consumer_names}, stop_early=True, modules=modules)
+    Replay(model, batches).run({n: make(n) for n in consumer_names})
     return {n: accs[n].moments() for n in consumer_names if n in accs}
 
 
@@ -227,40 +353,42 @@ def sample_positions(name: str, seed: int, batch_index: int, images: int, length
 
 
 def consumer_rows(
-    model: nn.Module,
+    model: nn.Module | Replay,
     consumer_names: Sequence[str],
-    batches,
+    batches=None,
     points_per_image: int | Mapping[str, int] = 10,
     seed: int = 0,
+    **run,
 ) -> dict[str, torch.Tensor]:
     """{name: X (M × D, float64)}: im2col rows at ``points_per_image`` random output positions per image.
 
-    ``points_per_image`` may be a {name: count} mapping. Positions are distinct within an image (all of
-    them where the map is smaller).
+    ``model`` may be a :class:`Replay` (then ``batches`` is its own, and the pass starts at its cut);
+    ``run`` passes further options to :meth:`Replay.run`. ``points_per_image`` may be a {name: count}
+    mapping. Positions are distinct within an image (all of them where the map is smaller).
 
     A Linear consumer gives one row per image. The positions depend only on (seed, the consumer's name,
     the batch index) and the spatial size, so calling this on the original model and on a pruned copy
     samples the same patches.
     """
-    modules = _modules(model, consumer_names)
+    replay = model if isinstance(model, Replay) else Replay(model, batches)
+    modules = _modules(replay.model, consumer_names)
     rows: dict[str, list[torch.Tensor]] = {n: [] for n in consumer_names}
     batch_index = [0]
+    on_batch = run.pop("on_batch", None)
 
     def make(name):
         module = modules[name]
         points = int(points_per_image[name] if isinstance(points_per_image, Mapping) else points_per_image)
 
         def hook(_m, inputs):
-            p = patches(module, inputs[0])  # (N, L, D)
-            pos = sample_positions(name, seed, batch_index[0], p.shape[0], p.shape[1], points)
-            if pos is not None:
-                p = torch.gather(p, 1, pos.to(p.device)[:, :, None].expand(-1, -1, p.shape[2]))
-            rows[name].append(p.reshape(-1, p.shape[2]).double().cpu())
+            rows[name].append(gather_rows(name, seed, batch_index[0], patches(module, inputs[0]), points))
 
         return hook
 
-    def on_batch(bi):
+    def start(bi):
         batch_index[0] = bi
+        if on_batch is not None:
+            on_batch(bi)
 
-    _run(model, batches, {n: make(n) for n in consumer_names}, on_batch=on_batch, stop_early=True, modules=modules)
+    replay.run({n: make(n) for n in consumer_names}, on_batch=start, **run)
     return {n: torch.cat(r, 0) for n, r in rows.items() if r}
