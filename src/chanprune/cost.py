@@ -3,7 +3,7 @@
 Torch-Pruning's counter gives each layer's MACs and parameters once; removing channels scales a layer's
 cost by (outputs kept / outputs) · (inputs kept / inputs) — only the output factor for depthwise convs
 and normalisation layers. A group's removal shrinks both its producers (outputs) and its consumers
-(inputs), as methods.md §0 requires. This makes the MAC-target search cheap (no surgery per probe); the
+(inputs): a channel removed from a layer is also removed from every layer reading it. This makes the MAC-target search cheap (no surgery per probe); the
 final model is always re-counted with Torch-Pruning's counter.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Effective filters and maximum safe compression (Zhou et al., arXiv 2206.03596; methods.md §1).
+"""Effective filters and maximum safe compression (Zhou et al., arXiv 2206.03596; docs/hierarchical.md).
 
 Under the Gauss–Newton/Fisher view the loss Hessian of layer l is H_l ≈ (1/N)𝒢_lᵀ𝒢_l, so its rank is
 the rank of the gradient matrix 𝒢_l and λ_i(H_l) = σ_i(𝒢_l)²/N. Identical units, dead units and
@@ -44,7 +44,7 @@ def effective_rank(lam: torch.Tensor, rule: str = "energy", threshold: float | N
 
     energy(η): min r with Σ_{i≤r} σ_i² ≥ η Σ σ_i²;  rel(τ): #{σ_i > τσ₁};  abs(τ): #{σ_i > τ};
     exact: #{λ_i > λ₁·n·ε} — applied in the squared domain, since a round-off eigenvalue ≈ ε·λ₁ would
-    otherwise become σ ≈ √ε·σ₁ and count as rank (methods.md §1).
+    otherwise become σ ≈ √ε·σ₁ and count as rank.
     """
     lam = lam.double()
     n = lam.numel()
@@ -70,7 +70,7 @@ def effective_rank(lam: torch.Tensor, rule: str = "energy", threshold: float | N
 class AnalysisConfig:
     """Settings of the effective-filter analysis.
 
-    ``reading``: which gradient matrix (methods.md §1 table); ``labels``: ``true`` (empirical Fisher) or
+    ``reading``: which gradient matrix (docs/hierarchical.md); ``labels``: ``true`` (empirical Fisher) or
     ``sampled`` (true Fisher); ``rule``/``threshold``: the numerical-rank rule; ``samples``: calibration
     images (N must be at least the widest group's channel count for the ``gate`` reading).
 
@@ -233,7 +233,7 @@ def _network_rates(cost: CostModel, keep: list[int]) -> tuple[float, float]:
 
 def analyze(model: nn.Module, data, config: AnalysisConfig | None = None, *, example_inputs: torch.Tensor | None = None,
             graph: PruningGraph | None = None) -> AnalysisResult:
-    """Effective filters k_l, maximum rates ρ_l^max and the network's R_max (methods.md §1).
+    """Effective filters k_l, maximum rates ρ_l^max and the network's R_max (docs/hierarchical.md).
 
     The model must be in eval mode (running BatchNorm statistics keep per-sample rows independent).
     ``data``: a DataBundle (``samples`` calibration images from its training split) or (images, labels).

@@ -1,6 +1,6 @@
 """The per-sample gate-gradient matrix G and the features it is built from.
 
-For every channel group l, the ``gate`` reading (arXiv 2206.03596, reconstructed in methods.md §1) is
+For every channel group l, the ``gate`` reading (arXiv 2206.03596; docs/hierarchical.md) is
 
     G_l[i, f] = ∂ℓ_i/∂g_f |_{g=1} = Σ_{h,w} A_f(x_i) ⊙ ∂ℓ_i/∂A_f(x_i),
 

@@ -1,4 +1,4 @@
-"""The four readings of the filter-level gradient matrix 𝒢_l (methods.md §1), all accumulated as K_l = 𝒢_lᵀ𝒢_l.
+"""The four readings of the filter-level gradient matrix 𝒢_l (docs/hierarchical.md), all accumulated as K_l = 𝒢_lᵀ𝒢_l.
 
 | reading            | column f, sample i                         | rows per sample |
 |--------------------|--------------------------------------------|-----------------|
@@ -8,7 +8,7 @@
 | ``feature``        | A_f at every position (label-free)         | H·W             |
 
 Which singularity each reading sees (zero filters, copies with split or independent outgoing weights)
-is tabulated in methods.md §1 and checked by tests/analysis. Per-sample weight gradients come from
+is tabulated in docs/hierarchical.md and checked by tests/analysis. Per-sample weight gradients come from
 one backward pass: for a conv with unfolded input U_i (C·k² × P) and output gradient δ_i (O × P),
 ∂ℓ_i/∂W = δ_i U_iᵀ.
 """

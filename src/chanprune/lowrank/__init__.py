@@ -1,4 +1,4 @@
-"""Low-rank compression: TRP (trained rank pruning) and plain SVD decomposition (methods.md §8).
+"""Low-rank compression: TRP (trained rank pruning) and plain SVD decomposition (docs/trp.md).
 
     from chanprune.lowrank import TRPConfig, trp_train, DecomposeConfig, decompose
     history = trp_train(model, data, TRPConfig(energy=0.9, period=5), TrainConfig(epochs=1, lr=0.01))

@@ -1,4 +1,4 @@
-"""Decomposition of trained layers into low-rank pairs (methods.md §8, "Decomposition").
+"""Decomposition of trained layers into low-rank pairs (docs/trp.md, "Decomposition").
 
 Each chosen layer of rank r becomes a :class:`~chanprune.lowrank.modules.LowRank`:
 

@@ -1,5 +1,5 @@
 """Reshapings of a weight into a matrix, its SVD, the rank rule, the truncated projection and the
-nuclear-norm sub-gradient (methods.md §8).
+nuclear-norm sub-gradient (docs/trp.md).
 
 For a conv weight W ∈ ℝ^{N×C×kh×kw}:
 

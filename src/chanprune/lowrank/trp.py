@@ -1,4 +1,4 @@
-"""TRP: trained rank pruning (Xu et al., IJCAI 2020, arXiv 2004.14566; methods.md §8).
+"""TRP: trained rank pruning (Xu et al., IJCAI 2020, arXiv 2004.14566; docs/trp.md).
 
 Training alternates with low-rank approximation. Every ``period`` (m) optimizer steps, before that
 step's forward pass, each target layer's reshaped weight 𝒯(W) is replaced by its truncated SVD at the
@@ -42,7 +42,7 @@ _STATE_FILE = "trp.json"
 
 @dataclass
 class TRPConfig:
-    """TRP options (methods.md §8: ``scheme``, ``period``, ``energy``, ``trp``, ``nuclear_weight``, ``subgrad``).
+    """TRP options (docs/trp.md: ``scheme``, ``period``, ``energy``, ``trp``, ``nuclear_weight``, ``subgrad``).
 
     ``energy``: the energy threshold e of the projection's rank rule (the official code hard-codes 0.9);
     ``period``: m, project every m optimizer steps; ``nuclear_weight``: λ (0 turns the regulariser off);

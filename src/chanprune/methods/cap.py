@@ -1,4 +1,4 @@
-"""CaP: compensation, compensation-aware ranking, binary structural search (methods.md §4).
+"""CaP: compensation, compensation-aware ranking, binary structural search (Xie et al., arXiv 2108.13728; docs/cap.md).
 
 Stages, in the paper's order:
   statistics   one float64 pass: μ, Σ of every candidate consumer's im2col input (``sampling_stride``)
@@ -220,7 +220,7 @@ def greedy_rank(
     track_q: bool = False,
     stop_tol: float = 1e-12,
 ) -> Ranking:
-    """Compensation-aware forward selection over a group's ``channels`` (methods.md §4 *Ranking*).
+    """Compensation-aware forward selection over a group's ``channels`` (docs/cap.md, step 2).
 
     Each round adds the channel of largest Δ_t summed over the problems. Once no candidate lowers the
     loss by more than ``stop_tol``·total (exact duplicates, dead channels, more channels than calibration

@@ -1,4 +1,4 @@
-"""CP: LASSO channel selection + least-squares reconstruction (He, Zhang, Sun 2017; methods.md §3).
+"""CP: LASSO channel selection + least-squares reconstruction (He, Zhang, Sun 2017; docs/cp.md).
 
 Layer by layer from the input side, for every group CP may prune:
   sample       X: the consumer's im2col rows at ``points_per_image`` random positions per calibration

@@ -1,4 +1,4 @@
-"""Hierarchical pruning (Zhou et al., arXiv 2206.03596; reconstruction in methods.md §2).
+"""Hierarchical pruning (Zhou et al., arXiv 2206.03596; docs/hierarchical.md).
 
 Stages, in the paper's order:
   analysis    K_l = 𝒢_lᵀ𝒢_l per group, effective filters k_l (§1)

@@ -1,4 +1,4 @@
-"""Closed-form consumer compensation (CaP, methods.md §4) and its use as a recovery step.
+"""Closed-form consumer compensation (CaP; docs/recovery.md) and its use as a recovery step.
 
 For a consumer y = Wx + b whose input columns outside S are removed, minimising
 E‖(Wx + b) − (W′x_S + b′)‖² over (W′, b′) gives

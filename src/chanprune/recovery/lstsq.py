@@ -1,10 +1,10 @@
-"""CP's form of the consumer refit: least squares on sampled rows (methods.md §3, step ii).
+"""CP's form of the consumer refit: least squares on sampled rows (docs/cp.md, step 3).
 
     [W′, b′] = argmin ‖Y − X_S W′ᵀ − 1 b′ᵀ‖_F²
 
 Centring X and Y first and then solving without an intercept gives the same W′ and b′ = ȳ − W′x̄.
 On the same rows this equals the covariance form :func:`~chanprune.recovery.compensation.compensate`
-(W′ = W Σ̃_{C,S} Σ̃_{SS}⁻¹ with Y = XWᵀ + b), the check of §3 Verify 5 / §4 Verify 8.
+(W′ = W Σ̃_{C,S} Σ̃_{SS}⁻¹ with Y = XWᵀ + b); tests/recovery checks that the two agree.
 """
 from __future__ import annotations
 

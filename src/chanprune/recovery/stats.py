@@ -1,6 +1,6 @@
 """Consumer-side input statistics: im2col patches, float64 moments, sampled rows.
 
-The *consumer view* of methods.md §0: a layer reading the channels being chosen sees, at every output
+The *consumer view* (docs/recovery.md): a layer reading the channels being chosen sees, at every output
 position, an im2col input x ∈ ℝ^D with D = c·k² (channel j owns the k² coordinates j·k² … j·k²+k²−1,
 the order of ``F.unfold`` and of ``weight.reshape(n, -1)``); a Linear layer is the case k² = 1.
 
