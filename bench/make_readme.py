@@ -285,8 +285,8 @@ def recovery_section() -> str:
         f"logits. Prune seconds: wall time of `prune()` (recovery included, BN re-estimation not), 1 thread. Fine-tune: "
         f"{setup['finetune']['epochs']} epoch over a fixed {setup['finetune']['images']:,}-image training subset, lr "
         f"{setup['finetune']['lr']}, cosine, batch {setup['finetune']['batch_size']}, the same for every row, starting from "
-        f"the no-fine-tune model (the ResNet-56 fine-tunes ran with oneDNN disabled, before the loader's stride fix ended "
-        f"the heap corruption its convolution backward caused; flagged per row in the JSON).\n\n"
+        f"the no-fine-tune model (the ResNet-56 fine-tunes ran with oneDNN disabled, which "
+        f"avoids a heap corruption in its convolution backward; recorded per row in the JSON as finetune_onednn).\n\n"
         "| model | target MACs | method | own recovery | achieved MACs | acc. as returned | acc. + BN re-est. | "
         "**acc. no fine-tune** | recon. error mean / max | logits error | prune s | acc. + fine-tune |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(main_rows),

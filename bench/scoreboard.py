@@ -630,7 +630,7 @@ def run_jobs(ctx: Context, res: Results, jobs: list[tuple], args: argparse.Names
                 if not (prev["status"] == "failed" and prev.get("reason", "").startswith("the process died")
                         and not prev.get("mkldnn_off_tried")):
                     continue
-                # a row that died before oneDNN-off retries were tried: once more, with oneDNN off
+                # a row whose process died with oneDNN on gets one more attempt, with oneDNN off
                 res.drop(key)
                 res.set_attempts(key, 1)
             src = (source_rows or {}).get(key)  # a row a fine-tune protocol picked: run it whatever its kind
