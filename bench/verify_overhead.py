@@ -10,7 +10,7 @@ ResNet-56 (1 input channel, 10 classes, 28x28 inputs; random weights and random 
 the cost of surgery and verification does not depend on the values) with and without verification
 (and the baseline, if given), rotating which goes first. L1 is the cheapest method, so this is the
 harshest ratio. Reported: the median wall time (and process CPU time) of the whole ``prune()`` call
-for each arm, their ratio (the issue's target: verification adds < 10 %), the median of the record's
+for each arm, their ratio (the aim: verification adds < 10 %), the median of the record's
 own ``seconds["verify"]`` step, and the ``seconds`` breakdown (plan, remove, verify, total) of every run.
 """
 from __future__ import annotations
