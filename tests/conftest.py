@@ -46,3 +46,12 @@ def calib(n=32, in_channels=1, size=SIZE, seed=0):
 @pytest.fixture(params=sorted(chanprune.list_models()))
 def zoo_name(request):
     return request.param
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Every device this machine has: the same test runs on the CPU always and on CUDA where present."""
+    return torch.device(request.param)

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from .device import to_device
 from .graph import PruningGraph
 
 
@@ -37,8 +38,8 @@ COST_NAMES = {"macs": "MACs", "params": "params"}  # how a target's kind is writ
 
 
 def count(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
-    """(MACs, params) of the model as it is, by Torch-Pruning's counter."""
-    macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    """(MACs, params) of the model as it is, by Torch-Pruning's counter (the input follows the model's device)."""
+    macs, params = tp.utils.count_ops_and_params(model, to_device(example_inputs, model))
     return int(macs), int(params)
 
 

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops as tp_ops
 
+from .device import to_device
 from .errors import ModelError, PruneError
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Conv1d, nn.Linear)
@@ -167,7 +168,8 @@ class PruningGraph:
         ignored_layers: Iterable[str | nn.Module] | None = None,
     ):
         self.model = model
-        self.example_inputs = example_inputs
+        # traced where the model is: an example input left on the CPU must not fail a model on a GPU
+        self.example_inputs = example_inputs = to_device(example_inputs, model)
         ignored = default_ignored(model) + _resolve_layers(model, ignored_layers)
         self.ignored = ignored
         was_training = model.training
@@ -176,6 +178,12 @@ class PruningGraph:
             with torch.enable_grad():
                 self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
         except Exception as exc:  # tracing failures come from deep inside torch/torch-pruning
+            if "same device" in str(exc):
+                places = sorted({str(t.device) for t in list(model.parameters()) + list(model.buffers())})
+                raise ModelError(
+                    f"the model's tensors are on more than one device ({', '.join(places)}), so it cannot run; "
+                    "move the whole model to one device with model.to(device)."
+                ) from None
             raise ModelError(
                 f"Torch-Pruning could not trace this model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                 "check that forward() runs on the example input and uses standard nn.Module layers."

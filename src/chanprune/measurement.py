@@ -19,18 +19,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .device import model_device
 from .engine.evaluate import evaluate, preserve_mode
 from .errors import ConfigError
 
 __all__ = ["count_macs_params", "latency", "measure"]
-
-
-def _first_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
@@ -39,7 +32,7 @@ def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[in
     The model is not changed (torch-pruning works on a deep copy) and every module's train/eval
     flag is as before. The input is moved to the model's device.
     """
-    dev = _first_device(model)
+    dev = model_device(model)
     if isinstance(example_input, torch.Tensor):
         example_input = example_input.to(dev)
     with preserve_mode(model):
@@ -48,7 +41,7 @@ def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[in
 
 
 def _cpu_eval_copy(model: nn.Module) -> nn.Module:
-    if _first_device(model).type == "cpu":
+    if model_device(model).type == "cpu":
         with preserve_mode(model):
             m = copy.deepcopy(model)
     else:

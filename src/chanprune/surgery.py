@@ -40,6 +40,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from .device import model_device
 from .errors import ChanpruneError, ConfigError, ModelError, PruneError, VerificationError
 from .graph import PruningGraph
 
@@ -150,14 +151,6 @@ def _first_float_dtype(model: nn.Module) -> torch.dtype | None:
     return None
 
 
-def _device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 class _evaluating:
     """Put a model in eval mode for a forward pass, then restore every module's training flag."""
 
@@ -183,7 +176,7 @@ def _forward(model: nn.Module, probe: torch.Tensor, dtype: torch.dtype,
     ``model`` (a model in another dtype runs on cast copies of its tensors through ``functional_call``).
     ``modules``: ``model.modules()``, if the caller has them already."""
     own = _first_float_dtype(model)
-    x = probe.to(device=_device(model), dtype=dtype)
+    x = probe.to(device=model_device(model), dtype=dtype)
     with torch.inference_mode(), _evaluating(model, modules):
         if own is None or own == dtype:
             out = model(x)

@@ -53,7 +53,7 @@ def effective_rank(lam: torch.Tensor, rule: str = "energy", threshold: float | N
     if rule == "energy":
         eta = 0.99 if threshold is None else threshold
         cum = torch.cumsum(lam, 0) / lam.sum()
-        return int(min(n, int(torch.searchsorted(cum, torch.tensor(eta, dtype=cum.dtype) - 1e-15)) + 1))
+        return int(min(n, int(torch.searchsorted(cum, torch.tensor(eta, dtype=cum.dtype, device=cum.device) - 1e-15)) + 1))
     sigma = lam.sqrt()
     if rule == "rel":
         tau = 1e-2 if threshold is None else threshold
@@ -140,7 +140,7 @@ class AnalysisResult:
         cfg = AnalysisConfig(**{**asdict(self.config), "rule": rule, "threshold": threshold})
         groups = []
         for g in self.groups:
-            k = _effective(torch.tensor(g.eigenvalues, dtype=torch.float64), g.channels, rule, threshold, g.resolved)
+            k = _effective(torch.tensor(g.eigenvalues, dtype=torch.float64, device="cpu"), g.channels, rule, threshold, g.resolved)
             groups.append(GroupAnalysis(g.index, g.name, g.channels, k, 1 - k / g.channels, g.eigenvalues, g.resolved))
         macs, params = _network_rates(self._cost, [g.effective for g in groups])
         return AnalysisResult(cfg, groups, self.samples, macs, params, self.seconds, self.grams, self._cost)
@@ -201,7 +201,7 @@ class AnalysisResult:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         cmap = plt.get_cmap("viridis")
         for i, g in enumerate(self.groups):
-            sigma = torch.tensor(g.eigenvalues, dtype=torch.float64).clamp_min(0).sqrt()
+            sigma = torch.tensor(g.eigenvalues, dtype=torch.float64, device="cpu").clamp_min(0).sqrt()
             if sigma.numel() and sigma[0] > 0:
                 ax.semilogy(range(1, len(sigma) + 1), (sigma / sigma[0]).clamp_min(1e-12).numpy(),
                             color=cmap(i / max(1, len(self.groups) - 1)), lw=1)

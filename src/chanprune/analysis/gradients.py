@@ -12,8 +12,9 @@ gating before or after a ReLU gives the same value), else on the conv/linear out
 
 With the model in eval mode (running BN statistics) sample i's forward pass does not depend on the other
 samples, so a single backward pass of Σ_i ℓ_i gives every per-sample row. Only K_l = G_lᵀG_l (float64,
-n_l × n_l), the column sums and N are accumulated, so memory does not grow with N and the sums can be
-all-reduced across processes.
+n_l × n_l), the column sums and N are accumulated, so memory does not grow with N; under torchrun each
+process accumulates over its block of the calibration batches and the sums are all-reduced
+(:func:`all_reduce_stats`, docs/distributed.md).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
 from ..errors import AnalysisError
 from ..graph import ChannelGroup, PruningGraph, _NORM_TYPES
 
@@ -57,6 +59,28 @@ class GramStats:
     def matrix(self) -> torch.Tensor:
         """The explicit G (only when rows were kept)."""
         return torch.cat(self.rows, 0)
+
+
+def all_reduce_stats(stats: dict[int, "GramStats"]) -> dict[int, "GramStats"]:
+    """Sum every rank's K, column sums and N (one packed all-reduce); kept rows are gathered in rank order.
+
+    The identity in a single process. Every rank must call it with the same groups.
+    """
+    if not distributed.is_distributed():
+        return stats
+    counts = torch.tensor([s.n_samples for s in stats.values()], dtype=torch.float64, device="cpu")
+    distributed.all_reduce_([t for s in stats.values() for t in (s.gram, s.col_sum)] + [counts])
+    for s, n in zip(stats.values(), counts.tolist()):
+        s.n_samples = int(n)
+        if s.rows:
+            s.rows = [distributed.all_gather_rows(torch.cat(s.rows, 0))]
+    return stats
+
+
+def batch_generator(seed: int, batch_index: int) -> torch.Generator:
+    """The CPU generator of calibration batch ``batch_index`` (sampled labels): a function of (seed, index) only,
+    so a batch draws the same labels whichever process handles it."""
+    return torch.Generator(device="cpu").manual_seed((int(seed) * 1_000_003 + int(batch_index)) % (1 << 62))
 
 
 def gate_sites(graph: PruningGraph, group: ChannelGroup) -> list[tuple[nn.Module, list[int], list[int]]]:
@@ -150,15 +174,15 @@ def collect_gate_gradients(
         output.register_hook(grad_hook)
 
     handles = [m.register_forward_hook(forward_hook) for m in by_module]
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    offset, mine = distributed.shard(batches)
     try:
         with activation_gradients_only(model):
-            for x, y in batches:
+            for bi, (x, y) in enumerate(mine, offset):
                 x, y = x.to(device).requires_grad_(True), y.to(device)
                 logits = model(x)
                 if labels == "sampled":
                     probs = F.softmax(logits.detach().float().cpu(), dim=1)
-                    y = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(device)
+                    y = torch.multinomial(probs, 1, generator=batch_generator(seed, bi)).squeeze(1).to(device)
                 F.cross_entropy(logits, y, reduction="sum").backward()
                 for gi, block in blocks.items():
                     if not torch.isfinite(block).all():
@@ -171,7 +195,7 @@ def collect_gate_gradients(
     finally:
         for h in handles:
             h.remove()
-    return stats
+    return all_reduce_stats(stats)
 
 
 def collect_features(
@@ -210,7 +234,7 @@ def collect_features(
     model.eval()
     try:
         with torch.no_grad():
-            for x, _y in batches:
+            for x, _y in distributed.shard(batches)[1]:
                 model(x.to(device))
                 for gi, block in current.items():
                     rows[gi].append(block / max(1, counts[gi]))
@@ -219,4 +243,5 @@ def collect_features(
         for h in handles:
             h.remove()
         model.train(was_training)
-    return {gi: torch.cat(r, 0) for gi, r in rows.items() if r}
+    # every rank holds a block of the images: gathered in rank order, the rows are the single-process rows
+    return {gi: distributed.all_gather_rows(torch.cat(r, 0)) for gi, r in rows.items() if r}

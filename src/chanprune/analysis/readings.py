@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from ..errors import AnalysisError
 from ..graph import PruningGraph
-from .gradients import GramStats, activation_gradients_only, collect_gate_gradients
+from .. import distributed
+from .gradients import GramStats, activation_gradients_only, all_reduce_stats, batch_generator, collect_gate_gradients
 
 READINGS = ("gate", "consumer_weight", "producer_weight", "feature")
 
@@ -82,14 +83,15 @@ def collect_weight_gradients(
         output.register_hook(bwd)
 
     handles = [m.register_forward_hook(fwd) for m in watch]
-    generator = torch.Generator().manual_seed(seed)
+    offset, mine = distributed.shard(batches)
     try:
         with activation_gradients_only(model):
-            for x, y in batches:
+            for bi, (x, y) in enumerate(mine, offset):
                 x, y = x.to(device).requires_grad_(True), y.to(device)
                 logits = model(x)
                 if labels == "sampled":
-                    y = torch.multinomial(F.softmax(logits.detach().float().cpu(), 1), 1, generator=generator).squeeze(1).to(device)
+                    probs = F.softmax(logits.detach().float().cpu(), 1)
+                    y = torch.multinomial(probs, 1, generator=batch_generator(seed, bi)).squeeze(1).to(device)
                 F.cross_entropy(logits, y, reduction="sum").backward()
                 grams = {gi: torch.zeros_like(stats[gi].gram) for gi in chosen}
                 for module, uses in captured.items():
@@ -117,7 +119,7 @@ def collect_weight_gradients(
     finally:
         for h in handles:
             h.remove()
-    return stats
+    return all_reduce_stats(stats)
 
 
 def _stack_by_root(cols: torch.Tensor, root: torch.Tensor, n: int) -> torch.Tensor:
@@ -179,12 +181,12 @@ def collect_feature_gram(
     handles = [m.register_forward_pre_hook(hook) for m in by_module]
     try:
         with torch.no_grad():
-            for x, _y in batches:
+            for x, _y in distributed.shard(batches)[1]:
                 model(x.to(device))
     finally:
         for h in handles:
             h.remove()
-    return stats
+    return all_reduce_stats(stats)
 
 
 def collect(model, graph, batches, reading: str, *, labels: str = "true", groups=None, seed: int = 0) -> dict[int, GramStats]:

@@ -1,4 +1,4 @@
-"""Evaluation, BatchNorm recalibration and device selection."""
+"""Evaluation and BatchNorm recalibration, on the device the model is on unless told otherwise."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import model_device, resolve_device
 from ..errors import ConfigError
 
 __all__ = ["resolve_device", "evaluate", "recalibrate_bn", "is_bundle", "preserve_mode", "accum_dtype"]
@@ -18,34 +19,9 @@ def accum_dtype(dev: torch.device) -> torch.dtype:
     return torch.float32 if dev.type == "mps" else torch.float64
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> ``cuda`` when available, else ``cpu``; anything else is checked and returned."""
-    if isinstance(device, torch.device):
-        dev = device
-    elif device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise ConfigError(
-                f"device {device!r} is not a device name; use 'auto', 'cpu' or 'cuda[:N]'.") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was asked for but CUDA is not available here; use device='auto' or 'cpu'.")
-    return dev
-
-
 def is_bundle(obj: Any) -> bool:
     """True for a DataBundle-like object (has a callable ``loader``)."""
     return callable(getattr(obj, "loader", None))
-
-
-def _model_device(model: nn.Module) -> torch.device | None:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return None
 
 
 @contextlib.contextmanager
@@ -62,8 +38,8 @@ def preserve_mode(model: nn.Module) -> Iterator[None]:
 @contextlib.contextmanager
 def _on_device(model: nn.Module, dev: torch.device) -> Iterator[None]:
     """Move ``model`` to ``dev`` for the block and back to where it was afterwards."""
-    before = _model_device(model)
-    moved = before is not None and before != dev
+    before = model_device(model)
+    moved = before != dev
     if moved:
         model.to(dev)
     try:
@@ -82,19 +58,20 @@ def _batches(data_or_loader: Any, split: str, batch_size: int, limit: int | None
 
 
 def evaluate(model: nn.Module, data_or_loader: Any, split: str = "test", batch_size: int = 512,
-             limit: int | None = None, device: str | torch.device = "auto") -> dict[str, float | int]:
+             limit: int | None = None, device: str | torch.device | None = None) -> dict[str, float | int]:
     """Top-1 accuracy (percent), mean cross-entropy and sample count on a split.
 
     ``data_or_loader`` is a DataBundle (then ``split``/``batch_size``/``limit`` choose the
     loader; ``limit`` is the bundle's stratified subset) or any iterable of ``(x, y)`` batches
     (then ``limit`` truncates after that many samples). The model runs in eval mode under
-    ``no_grad`` on ``device``; its per-module train/eval flags and its device are restored.
+    ``no_grad`` on ``device`` (default: where the model is); its per-module train/eval flags and its device
+    are restored.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}; pass a positive batch size.")
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be None or at least 1, got {limit}; pass None to use the whole split.")
-    dev = resolve_device(device)
+    dev = resolve_device(device, model)
     bundle = is_bundle(data_or_loader)
     batches = _batches(data_or_loader, split, batch_size, limit)
     loss_sum = torch.zeros((), dtype=accum_dtype(dev), device=dev)
@@ -121,12 +98,13 @@ def evaluate(model: nn.Module, data_or_loader: Any, split: str = "test", batch_s
 
 
 def recalibrate_bn(model: nn.Module, data: Any, num_batches: int = 20, batch_size: int = 128,
-                   *, seed: int = 0, split: str = "train", device: str | torch.device = "auto") -> int:
+                   *, seed: int = 0, split: str = "train", device: str | torch.device | None = None) -> int:
     """Re-estimate BatchNorm running statistics from data; returns the number of samples used.
 
     Every BatchNorm layer that tracks running stats is reset and then fed ``num_batches`` batches
     (un-augmented, shuffled with ``seed``) with ``momentum=None``, i.e. an exact cumulative
-    average. Only the BatchNorm layers are put in train mode; everything else (dropout, ...)
+    average, on ``device`` (default: where the model is). Only the BatchNorm layers are put in train mode;
+    everything else (dropout, ...)
     stays in eval mode so the statistics match what the network sees at test time. No gradients,
     no weight changes. Momenta, train/eval flags and the model's device are restored.
 
@@ -138,7 +116,7 @@ def recalibrate_bn(model: nn.Module, data: Any, num_batches: int = 20, batch_siz
            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:
         return 0
-    dev = resolve_device(device)
+    dev = resolve_device(device, model)
     batches = _batches(data, split, batch_size, None, seed=seed, shuffle=True)
     momenta = [bn.momentum for bn in bns]
     n = 0

@@ -7,9 +7,9 @@ the partial-epoch accumulators, and resuming continues with ``loader.iter_from(s
 killed at any point and resumed ends with bit-identical weights and history numbers (only the
 wall-clock times differ) to an uninterrupted run.
 
-Device: ``config.device="auto"`` trains on CUDA when present, else CPU. The model is moved to
-that device and *stays there* afterwards (call ``model.cpu()`` if you need it back); it is left
-in eval mode.
+Device: ``config.device="auto"`` trains where the model is when that is a GPU, else on CUDA when
+present, else on the CPU. The model is moved to that device and *stays there* afterwards (call
+``model.cpu()`` if you need it back); it is left in eval mode.
 """
 from __future__ import annotations
 
@@ -213,7 +213,7 @@ def train(model: nn.Module, data: Any, config: TrainConfig | None = None, *,
     if not is_bundle(data):
         raise ConfigError(f"train() needs a DataBundle with a .loader() method, got {type(data).__name__}; "
                           "load one with chanprune.data.load_data(...).")
-    dev = resolve_device(config.device)
+    dev = resolve_device(config.device, model)
     model.to(dev)
     torch.manual_seed(config.seed)
 

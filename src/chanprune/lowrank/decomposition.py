@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from ..device import to_device
 from ..errors import ConfigError, ModelError, PruneError
 from .modules import LowRank
 from .svd import _svd, check_rule, energy_kept, select_rank, singular_values, to_matrix
@@ -243,10 +244,11 @@ def _targets(model: nn.Module, config: DecomposeConfig) -> list[tuple[str, nn.Mo
 
 
 def _example(model: nn.Module, data, example_inputs) -> torch.Tensor:
+    """The example input, on the model's device."""
     if example_inputs is not None:
-        return example_inputs
+        return to_device(example_inputs, model)
     if data is not None and hasattr(data, "example_input"):
-        return data.example_input(1)
+        return to_device(data.example_input(1), model)
     raise ConfigError("pass data=... (a DataBundle) or example_inputs=... so the layers' input sizes are known.")
 
 

@@ -60,6 +60,7 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from .. import allocation as alloc
+from .. import distributed
 from ..config import PruneConfig
 from ..errors import ConfigError
 from ..recovery.compensation import Compensation, NormFolds, write_consumer
@@ -228,7 +229,7 @@ def sample_rows(replay: Replay, consumers, ends: dict[str, BranchEnd], points_pe
     finally:
         for h in marks:
             h.remove()
-    return xs, {n: torch.cat(r, 0) for n, r in ss.items()}
+    return xs, {n: distributed.all_gather_rows(torch.cat(r, 0)) for n, r in ss.items()}  # rank order, as xs
 
 
 def shortcut_rows(model: nn.Module, ends: dict[str, BranchEnd], batches, points_per_image, seed: int) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from .. import allocation as alloc
+from .. import distributed
 from .. import surgery
 from ..calibration import as_batches, example_input
 from ..config import PruneConfig
@@ -43,6 +44,7 @@ class PruneSession:
         self.batches = as_batches(data, config.calibration, config.batch_size, config.seed)
         self.work = copy.deepcopy(model).eval()
         self.graph = PruningGraph(self.work, self.example_inputs, ignored_layers=config.ignored_layers)
+        self.example_inputs = self.graph.example_inputs  # on the model's device
         self.cost = CostModel(self.graph)
         self.scores = ScoreContext(self.work, self.graph, self.batches, seed=config.seed)
         self.search_result: alloc.SearchResult | None = None
@@ -76,7 +78,8 @@ def run_pipeline(model: nn.Module, config: PruneConfig, data, example_inputs: to
     t0 = time.perf_counter()
     session = PruneSession(model, config, data, example_inputs)
     macs0, params0 = session.cost.macs, session.cost.params
-    plan = planner(session)
+    # Under torchrun every rank planned from the same all-reduced statistics; rank 0's plan is the decision.
+    plan = distributed.broadcast_object(planner(session))
     t_plan = time.perf_counter() - t0
     pruned, report = surgery.apply_plan(session.graph, plan, model, verify=config.verify, probe=session.probe(),
                                         on_mismatch=config.on_mismatch)
@@ -93,6 +96,7 @@ def run_pipeline(model: nn.Module, config: PruneConfig, data, example_inputs: to
         step(pruned)
     session.notes.update(get_recovery(config.recover).apply(
         RecoveryContext(model, pruned, session.graph, report.removed, session.batches, data, config)))
+    distributed.broadcast_module_(pruned)  # every rank holds rank 0's pruned weights, bit for bit
     pruned.eval()
     macs1, params1 = count(pruned, session.example_inputs)
     record = {

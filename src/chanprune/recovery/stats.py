@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
 from ..errors import ConfigError
 from ..modes import eval_mode
 
@@ -57,9 +58,9 @@ def columns(module: nn.Module, channels: Iterable[int]) -> torch.Tensor:
     k2 = block_size(module)
     chans = sorted({int(c) for c in channels})
     if not chans:
-        return torch.zeros(0, dtype=torch.long)
-    base = torch.as_tensor(chans, dtype=torch.long) * k2
-    return (base[:, None] + torch.arange(k2)[None, :]).reshape(-1)
+        return torch.zeros(0, dtype=torch.long, device="cpu")
+    base = torch.as_tensor(chans, dtype=torch.long, device="cpu") * k2
+    return (base[:, None] + torch.arange(k2, device="cpu")[None, :]).reshape(-1)
 
 
 def patches(module: nn.Module, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
@@ -182,13 +183,17 @@ class Replay:
     all instead of one partial forward per layer. A cut is accepted only after a check on a probe batch
     (:meth:`valid`): the replay must run (a module whose input is not the only live tensor, e.g. a residual
     branch's first conv, fails with a shape clash) and give the output of a full forward.
+
+    Under torchrun a replay holds this rank's contiguous block of the batches (``offset`` is its first batch's
+    global index, which is what ``on_batch``/``after_batch`` receive); the callers all-reduce or gather.
     """
 
     def __init__(self, model: nn.Module, batches):
         if not batches:
             raise ConfigError("consumer statistics need calibration data; pass data=... (a DataBundle or (images, labels)).")
         self.model = model
-        self.raw = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
+        self.offset, mine = distributed.shard(batches)
+        self.raw = [b[0] if isinstance(b, (tuple, list)) else b for b in mine]
         self.cut: str | None = None
         self.cached: list[torch.Tensor] | None = None
         self.pending: set[str] = set()
@@ -238,13 +243,13 @@ class Replay:
         with eval_mode(self.model), torch.no_grad():
             for bi in range(len(self.raw)):
                 if on_batch is not None:
-                    on_batch(bi)
+                    on_batch(self.offset + bi)
                 self.pending = set(hooks)
                 self._forward(bi, {n: wrap(n, fn) for n, fn in hooks.items()}, mode() if mode is not None else None)
                 if require and self.pending:
                     raise ConfigError(f"layer(s) {sorted(self.pending)} did not run in the forward pass; {require} cannot sample them.")
                 if after_batch is not None:
-                    after_batch(bi)
+                    after_batch(self.offset + bi)
 
     def valid(self, name: str) -> bool:
         """Whether ``name`` works as a cut (checked once, on the first batch's first four images)."""
@@ -335,6 +340,12 @@ def consumer_moments(
         return hook
 
     Replay(model, batches).run({n: make(n) for n in consumer_names})
+    if distributed.is_distributed():  # every rank saw its block of the batches: sum the moments' sums
+        seen = [n for n in consumer_names if n in accs]
+        counts = torch.tensor([accs[n].count for n in seen], dtype=torch.float64, device="cpu")
+        distributed.all_reduce_([t for n in seen for t in (accs[n].total, accs[n].gram)] + [counts])
+        for n, c in zip(seen, counts.tolist()):
+            accs[n].count = int(c)
     return {n: accs[n].moments() for n in consumer_names if n in accs}
 
 
@@ -349,7 +360,7 @@ def sample_positions(name: str, seed: int, batch_index: int, images: int, length
         return None
     tag = zlib.crc32(name.encode())
     gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + tag * 7919 + int(batch_index)) % (1 << 62))
-    return torch.rand(images, length, generator=gen).argsort(1)[:, :points]
+    return torch.rand(images, length, generator=gen, device="cpu").argsort(1)[:, :points]
 
 
 def consumer_rows(
@@ -391,4 +402,5 @@ def consumer_rows(
             on_batch(bi)
 
     replay.run({n: make(n) for n in consumer_names}, on_batch=start, **run)
-    return {n: torch.cat(r, 0) for n, r in rows.items() if r}
+    # under torchrun each rank sampled its block of the batches: gathered in rank order, the single-process rows
+    return {n: distributed.all_gather_rows(torch.cat(r, 0)) for n, r in rows.items() if r}
