@@ -34,8 +34,11 @@ def versions() -> dict:
 
 
 def write_record(path: Path, record: dict) -> Path:
+    from . import distributed
     from ._atomic import write_text_atomic
 
+    if not distributed.is_main():  # under torchrun every rank holds the same result; rank 0 writes it
+        return path
     record = {**record, "versions": versions()}
     write_text_atomic(path, json.dumps(record, indent=1, default=str))
     return path
@@ -90,11 +93,57 @@ def _saved_data(model: str) -> Optional[str]:
         return None
 
 
-def _model_and_data(model: str, data: str, root: Optional[str]):
+def _model_and_data(model: str, data: str, root: Optional[str], device: str = "cpu"):
+    from .device import resolve_device
+
     net = _load_model(model)
     bundle = _data(data, root)
     _check_fit(net, bundle, model)
-    return net, bundle
+    return net.to(resolve_device(device, net)), bundle
+
+
+# --device / --nproc: where a command runs, and how many processes share it (torchrun, docs/distributed.md)
+def _device_option():
+    return typer.Option("auto", help="auto | cpu | cuda[:N]: where the model runs (auto: a GPU when present, else the CPU)")
+
+
+def _nproc_option():
+    return typer.Option(1, help="processes on this machine: runs the command under torchrun with this many (gloo on "
+                                "the CPU, NCCL on GPUs); 1 runs it here")
+
+
+def _spawn(nproc: int) -> None:
+    """With --nproc N > 1 (and not already under torchrun), run this same command under torchrun and exit with it."""
+    from . import distributed
+    from .errors import ConfigError
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}.")
+    if nproc == 1 or distributed.is_distributed():
+        return
+    import subprocess
+
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "chanprune", *argv]
+    sys.exit(subprocess.call(cmd))
+
+
+def _save(model, path, **kwargs) -> None:
+    """chanprune.save on rank 0 (every rank holds the same model); the others wait for the file."""
+    import chanprune
+
+    from . import distributed
+
+    if distributed.is_main():
+        chanprune.save(model, path, **kwargs)
+    distributed.barrier()
 
 
 def _ratio(name: str, value: Optional[float]) -> None:
@@ -154,17 +203,19 @@ def train(model: str = typer.Argument(..., help="zoo name, e.g. resnet20"),
           root: Optional[str] = typer.Option(None, help="folder with the data set's files"),
           epochs: int = typer.Option(3), lr: float = typer.Option(0.1), batch_size: int = typer.Option(128),
           limit: Optional[int] = typer.Option(None, help="train on a stratified subset of this many images"),
-          seed: int = typer.Option(0), out: str = typer.Option("runs/train", help="output folder")):
+          seed: int = typer.Option(0), out: str = typer.Option("runs/train", help="output folder"),
+          device: str = _device_option(), nproc: int = _nproc_option()):
     """Train a zoo model from scratch (resumable: rerun the same command after an interruption)."""
     import chanprune
     from .engine import TrainConfig
 
+    _spawn(nproc)
     t0 = time.time()
     bundle = _data(data, root)
     net = chanprune.create_model(model, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
-    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, limit_train=limit)
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, limit_train=limit, device=device)
     history = chanprune.train(net, bundle, cfg, checkpoint_dir=Path(out) / "state")
-    chanprune.save(net, Path(out) / "model", extra={"data": data})
+    _save(net, Path(out) / "model", extra={"data": data})
     result = _measure(net, bundle, repeats=10)
     record = {"command": "train", "model": model, "data": data, "config": cfg.as_dict(), "seed": seed, **result,
               "wall_seconds": time.time() - t0, "history": history.get("epochs")}
@@ -176,10 +227,11 @@ def train(model: str = typer.Argument(..., help="zoo name, e.g. resnet20"),
 # ------------------------------------------------------------------------------------------- evaluate
 @app.command()
 def evaluate(model: str = typer.Argument(..., help="saved model stem"), data: str = typer.Option("fashion_mnist"),
-             root: Optional[str] = typer.Option(None), out: Optional[str] = typer.Option(None, help="JSON record path")):
+             root: Optional[str] = typer.Option(None), out: Optional[str] = typer.Option(None, help="JSON record path"),
+             device: str = _device_option()):
     """Test accuracy, MACs, params and latency of a saved model."""
     t0 = time.time()
-    net, bundle = _model_and_data(model, data, root)
+    net, bundle = _model_and_data(model, data, root, device)
     import chanprune
 
     result = _measure(net, bundle, repeats=10)
@@ -197,17 +249,22 @@ def analyze(model: str = typer.Argument(..., help="saved model stem"), data: str
             reading: Optional[str] = typer.Option(None, help="gate | consumer_weight | producer_weight | feature (default: AnalysisConfig's, feature)"),
             labels: str = typer.Option("true"), rule: str = typer.Option("energy"),
             threshold: Optional[float] = typer.Option(None, help="rank-rule threshold (default: AnalysisConfig's, 0.999 energy)"),
-            samples: int = typer.Option(512), out: str = typer.Option("runs/analyze")):
+            samples: int = typer.Option(512), out: str = typer.Option("runs/analyze"),
+            device: str = _device_option(), nproc: int = _nproc_option()):
     """Effective filters per group, maximum safe rates and the network's maximum compression."""
     import chanprune
+    from . import distributed
     from .analysis import AnalysisConfig
 
+    _spawn(nproc)
     given = {"reading": reading} if reading is not None else {}
     if threshold is not None or rule != "energy":  # another rule without a threshold takes that rule's own default
         given["threshold"] = threshold
     cfg = AnalysisConfig(labels=labels, rule=rule, samples=samples, **given)
-    net, bundle = _model_and_data(model, data, root)
+    net, bundle = _model_and_data(model, data, root, device)
     result = chanprune.analyze(net, bundle, cfg)
+    if not distributed.is_main():
+        return
     console.print(result.table())
     out_dir = Path(out)
     result.save_json(out_dir / "analysis.json")
@@ -243,6 +300,7 @@ def run_prune(net, bundle, cfg, *, finetune_epochs: float, finetune_limit: Optio
     ``test_limit``: evaluate on a fixed stratified subset of the test split of this size (None: all of it).
     """
     import chanprune
+    from .device import model_device
 
     t0 = time.time()
     dense_acc = chanprune.evaluate(net, bundle, limit=test_limit)["accuracy"]
@@ -255,11 +313,11 @@ def run_prune(net, bundle, cfg, *, finetune_epochs: float, finetune_limit: Optio
     if finetune_epochs > 0:
         tft = time.time()
         ft = chanprune.finetune(pruned, bundle, epochs=max(1, int(round(finetune_epochs))), lr=0.01, limit_train=finetune_limit,
-                                progress=True, eval_each_epoch=False)
+                                progress=True, eval_each_epoch=False, device=str(model_device(pruned)))
         ft = {"epochs": finetune_epochs, "limit": finetune_limit, "seconds": time.time() - tft}
     result = _measure(pruned, bundle, baseline=net, repeats=repeats, accuracy=True, limit=test_limit)
     pruned.chanprune_history[-1].update({"accuracy_no_finetune": acc_no_ft, "finetune": ft, "accuracy": result["accuracy"]})
-    chanprune.save(pruned, out / "model", history=pruned.chanprune_history, extra={"data": bundle.name})
+    _save(pruned, out / "model", history=pruned.chanprune_history, extra={"data": bundle.name})
     full = {"command": "prune", "label": label, "test_images": test_limit or len(bundle.test), "model": getattr(net, "chanprune_spec", {}).get("name"), "data": bundle.name,
             "method": cfg.method, "config": cfg.to_dict(), "seed": cfg.seed,
             "dense": {"accuracy": dense_acc, "macs": result["baseline"]["macs"], "params": result["baseline"]["params"],
@@ -295,8 +353,10 @@ def prune(model: str = typer.Argument(..., help="saved model stem"), data: str =
           allow_exceed: bool = typer.Option(False, help="hierarchical: prune beyond the analysis maximum"),
           finetune_epochs: float = typer.Option(0.0), finetune_limit: Optional[int] = typer.Option(None),
           test_limit: Optional[int] = typer.Option(None, help="evaluate on a fixed stratified test subset of this size"),
-          seed: int = typer.Option(0), out: str = typer.Option("runs/prune")):
+          seed: int = typer.Option(0), out: str = typer.Option("runs/prune"),
+          device: str = _device_option(), nproc: int = _nproc_option()):
     """Prune a saved model to a MAC/params target (or a ratio), measure it, save it."""
+    _spawn(nproc)
     _ratio("ratio", ratio)
     if finetune_epochs < 0:
         from .errors import ConfigError
@@ -309,7 +369,7 @@ def prune(model: str = typer.Argument(..., help="saved model stem"), data: str =
     extra = {"allow_exceed": allow_exceed} if method == "hierarchical" else {}
     cfg = method_config(method, target_macs=target_macs, target_params=target_params, ratio=ratio, allocation=allocation,
                         round_to=round_to, calibration=calibration, recover=recover, seed=seed, **extra)
-    net, bundle = _model_and_data(model, data, root)
+    net, bundle = _model_and_data(model, data, root, device)
     run_prune(net, bundle, cfg, finetune_epochs=finetune_epochs, finetune_limit=finetune_limit, out=Path(out), label=method,
               test_limit=test_limit)
 
@@ -395,18 +455,24 @@ def cacp(ctx: typer.Context, model: str = typer.Argument(..., help="saved model 
 @app.command()
 def finetune(model: str = typer.Argument(..., help="saved model stem"), data: str = typer.Option("fashion_mnist"),
              root: Optional[str] = typer.Option(None), epochs: int = typer.Option(1), lr: float = typer.Option(0.01),
-             limit: Optional[int] = typer.Option(None), out: str = typer.Option("runs/finetune")):
-    """Fine-tune a saved (e.g. pruned) model; resumable."""
+             limit: Optional[int] = typer.Option(None), out: str = typer.Option("runs/finetune"),
+             batch_size: int = typer.Option(128, help="global batch (shared by the --nproc processes)"),
+             device: str = _device_option(), nproc: int = _nproc_option()):
+    """Fine-tune a saved (e.g. pruned) model; resumable (with any --nproc)."""
     import chanprune
 
+    _spawn(nproc)
     t0 = time.time()
-    net, bundle = _model_and_data(model, data, root)
+    net, bundle = _model_and_data(model, data, root, device)
     before = chanprune.evaluate(net, bundle)["accuracy"]
-    chanprune.finetune(net, bundle, epochs=epochs, lr=lr, limit_train=limit, checkpoint_dir=Path(out) / "state")
+    history = chanprune.finetune(net, bundle, epochs=epochs, lr=lr, limit_train=limit, batch_size=batch_size,
+                                 checkpoint_dir=Path(out) / "state", device=device)
     after = chanprune.evaluate(net, bundle)["accuracy"]
-    chanprune.save(net, Path(out) / "model", history=getattr(net, "chanprune_history", None), extra={"data": data})
+    _save(net, Path(out) / "model", history=getattr(net, "chanprune_history", None), extra={"data": data})
     write_record(Path(out) / "record.json", {"command": "finetune", "model": model, "data": data, "epochs": epochs, "lr": lr,
-                                             "limit": limit, "accuracy_before": before, "accuracy": after, "wall_seconds": time.time() - t0})
+                                             "limit": limit, "batch_size": batch_size, "device": history["device"],
+                                             "processes": history["processes"], "train_seconds": history["time_s"],
+                                             "accuracy_before": before, "accuracy": after, "wall_seconds": time.time() - t0})
     console.print(_kv_table("Fine-tuned", [("accuracy", f"{before:.2f}% → {after:.2f}%")], ("", "")))
 
 
@@ -417,7 +483,7 @@ def _lowrank_report(label: str, net, bundle, small, *, acc: dict, test_limit: Op
     import chanprune
 
     result = _measure(small, bundle, baseline=net, repeats=repeats, accuracy=False)
-    chanprune.save(small, out / "model", history=getattr(small, "chanprune_history", None), extra={"data": bundle.name})
+    _save(small, out / "model", history=getattr(small, "chanprune_history", None), extra={"data": bundle.name})
     dec = small.chanprune_history[-1]
     full = {**record, "data": bundle.name, "test_images": test_limit or len(bundle.test), "accuracy": acc,
             "dense": {"macs": result["baseline"]["macs"], "params": result["baseline"]["params"],
@@ -449,23 +515,26 @@ def trp(model: str = typer.Argument(..., help="saved model stem (TRP fine-tunes 
         limit: Optional[int] = typer.Option(None, help="train on a stratified subset of this many images"),
         decompose_threshold: Optional[float] = typer.Option(None, help="energy threshold of the final decomposition (default: --energy)"),
         test_limit: Optional[int] = typer.Option(None, help="evaluate on a fixed stratified test subset of this size"),
-        seed: int = typer.Option(0), out: str = typer.Option("runs/trp")):
+        seed: int = typer.Option(0), out: str = typer.Option("runs/trp"),
+        device: str = _device_option(), nproc: int = _nproc_option()):
     """Train a saved model with TRP (periodic low-rank projection + nuclear norm), then decompose it; resumable."""
     import chanprune
     from .engine import TrainConfig
+    from .device import model_device
     from .lowrank import DecomposeConfig, TRPConfig, decompose, trp_train
 
+    _spawn(nproc)
     t0 = time.time()
     cfg = TRPConfig(scheme=scheme, energy=energy, period=period, nuclear_weight=nuclear_weight)
     dcfg = DecomposeConfig(scheme=scheme, threshold=energy if decompose_threshold is None else decompose_threshold,
                            include_linear=False)
-    tcfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, limit_train=limit)
-    net, bundle = _model_and_data(model, data, root)
-    dense = chanprune.load(model)
+    tcfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, limit_train=limit, device=device)
+    net, bundle = _model_and_data(model, data, root, device)
+    dense = chanprune.load(model).to(model_device(net))
     acc_dense = chanprune.evaluate(dense, bundle, limit=test_limit)["accuracy"]
     history = trp_train(net, bundle, cfg, tcfg, checkpoint_dir=Path(out) / "state", eval_each_epoch=False)
     acc_trained = chanprune.evaluate(net, bundle, limit=test_limit)["accuracy"]
-    chanprune.save(net, Path(out) / "trained", extra={"data": data})
+    _save(net, Path(out) / "trained", extra={"data": data})
     small = decompose(net, dcfg, data=bundle)
     acc_small = chanprune.evaluate(small, bundle, limit=test_limit)["accuracy"]
     info_ = history["trp"]
@@ -486,7 +555,7 @@ def decompose(model: str = typer.Argument(..., help="saved model stem"), data: s
               include_strided: bool = typer.Option(False, help="also decompose strided convs"),
               finetune_epochs: int = typer.Option(0), finetune_limit: Optional[int] = typer.Option(None),
               test_limit: Optional[int] = typer.Option(None, help="evaluate on a fixed stratified test subset of this size"),
-              out: str = typer.Option("runs/decompose")):
+              out: str = typer.Option("runs/decompose"), device: str = _device_option()):
     """Plain SVD decomposition of a trained model (each chosen layer → two layers of rank r), optionally fine-tuned."""
     import chanprune
     from .errors import ConfigError
@@ -497,13 +566,14 @@ def decompose(model: str = typer.Argument(..., help="saved model stem"), data: s
     if finetune_epochs < 0:
         raise ConfigError(f"--finetune-epochs must be >= 0, got {finetune_epochs}; pass 0 to skip fine-tuning.")
     cfg = DecomposeConfig(scheme=scheme, rule=rule, threshold=threshold, target_macs=target_macs, include_strided=include_strided)
-    net, bundle = _model_and_data(model, data, root)
+    net, bundle = _model_and_data(model, data, root, device)
     acc_dense = chanprune.evaluate(net, bundle, limit=test_limit)["accuracy"]
     small = _decompose(net, cfg, data=bundle)
     acc_small = chanprune.evaluate(small, bundle, limit=test_limit)["accuracy"]
     acc = {"accuracy dense": acc_dense, "accuracy decomposed": acc_small, "accuracy fine-tuned": None}
     if finetune_epochs > 0:
-        chanprune.finetune(small, bundle, epochs=finetune_epochs, lr=0.01, limit_train=finetune_limit, eval_each_epoch=False)
+        chanprune.finetune(small, bundle, epochs=finetune_epochs, lr=0.01, limit_train=finetune_limit, eval_each_epoch=False,
+                           device=device)
         acc["accuracy fine-tuned"] = chanprune.evaluate(small, bundle, limit=test_limit)["accuracy"]
     record = {"command": "decompose", "model": model, "method": "decompose", "config": cfg.to_dict(),
               "finetune": {"epochs": finetune_epochs, "limit": finetune_limit} if finetune_epochs else None}
@@ -594,13 +664,22 @@ def main() -> None:
 
     from .errors import ChanpruneError
 
+    from . import distributed
+
     try:
+        if distributed.init_from_env():  # under torchrun: join the group; only rank 0 prints
+            console.quiet = not distributed.is_main()
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             app(standalone_mode=True)
     except ChanpruneError as exc:
         Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    finally:
+        if distributed.is_distributed():
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

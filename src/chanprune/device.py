@@ -20,8 +20,8 @@ __all__ = ["resolve_device", "model_device", "to_device"]
 def resolve_device(device: str | torch.device | None = "auto", model: nn.Module | None = None) -> torch.device:
     """``'auto'|'cpu'|'cuda[:N]'`` (or a torch.device) → a device that exists here.
 
-    ``None`` means the device ``model`` is on. ``'auto'`` is the model's device when the model already sits on an
-    accelerator, else CUDA when present (under torchrun the local rank's GPU), else the CPU.
+    ``None`` means the device ``model`` is on. ``'auto'`` is, under torchrun with GPUs, the local rank's GPU; else the
+    model's device when the model already sits on an accelerator; else CUDA when present; else the CPU.
     """
     if device is None:
         if model is None:
@@ -30,13 +30,13 @@ def resolve_device(device: str | torch.device | None = "auto", model: nn.Module 
     if isinstance(device, torch.device):
         dev = device
     elif device == "auto":
+        from .distributed import is_distributed, local_rank
+
+        if torch.cuda.is_available() and is_distributed():  # one GPU per process: the local rank's
+            return torch.device("cuda", local_rank() % torch.cuda.device_count())
         if model is not None and model_device(model).type != "cpu":
             return model_device(model)
-        if torch.cuda.is_available():
-            from .distributed import local_rank
-
-            return torch.device("cuda", local_rank() % torch.cuda.device_count())
-        return torch.device("cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         try:
             dev = torch.device(device)

@@ -205,20 +205,28 @@ def _normalize(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -
     return images.to(torch.float32, memory_format=torch.contiguous_format, copy=True).mul_(scale).sub_(shift)
 
 
-def _random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
-    """Zero-pad by ``padding`` and crop back to H×W at a random offset per sample."""
+def _random_crop(x: torch.Tensor, padding: int, g: torch.Generator, rows: slice | None = None,
+                 total: int | None = None) -> torch.Tensor:
+    """Zero-pad by ``padding`` and crop back to H×W at a random offset per sample.
+
+    ``rows``/``total``: ``x`` holds only these rows of a batch of ``total`` (one process's share); offsets are
+    drawn for the whole batch and those rows' used, so each sample is cropped as it is in the whole batch."""
     n, c, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))
-    oy = torch.randint(0, 2 * padding + 1, (n,), generator=g)
-    ox = torch.randint(0, 2 * padding + 1, (n,), generator=g)
+    oy = torch.randint(0, 2 * padding + 1, (total or n,), generator=g)
+    ox = torch.randint(0, 2 * padding + 1, (total or n,), generator=g)
+    if rows is not None:
+        oy, ox = oy[rows], ox[rows]
     rows = oy[:, None] + torch.arange(h)  # n×h
     cols = ox[:, None] + torch.arange(w)  # n×w
     out = padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # n×h×w×c
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def _random_hflip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], generator=g) < 0.5
+def _random_hflip(x: torch.Tensor, g: torch.Generator, rows: slice | None = None, total: int | None = None) -> torch.Tensor:
+    flip = torch.rand(total or x.shape[0], generator=g) < 0.5
+    if rows is not None:
+        flip = flip[rows]
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -229,6 +237,10 @@ class Loader:
     batch ``b`` uses a ``torch.Generator`` seeded from ``(seed, epoch, b)``. So batch ``b`` is the
     same whatever batches were drawn before it, and a resumed run sees identical batches.
     Iteration starts at batch ``skip``; ``len()`` is the number of batches iteration yields.
+
+    ``part=(rank, world)`` (see :meth:`shard`) yields only that process's contiguous share of every batch,
+    sampled and augmented exactly as in the whole batch: the ``world`` shares of batch ``b`` concatenated in
+    rank order are batch ``b`` (a DistributedSampler that keeps the global batch and its order).
     """
 
     def __init__(
@@ -245,6 +257,7 @@ class Loader:
         epoch: int = 0,
         skip: int = 0,
         drop_last: bool = False,
+        part: tuple[int, int] = (0, 1),
     ) -> None:
         if int(batch_size) < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}; pass a positive batch size.")
@@ -262,6 +275,9 @@ class Loader:
         self.epoch = int(epoch)
         self.skip = int(skip)
         self.drop_last = bool(drop_last)
+        self.part = (int(part[0]), int(part[1]))
+        if not 0 <= self.part[0] < self.part[1]:
+            raise ConfigError(f"part must be (rank, world) with 0 <= rank < world, got {part}.")
         channels = data.images.shape[1]
         mean_t = torch.tensor(list(mean), dtype=torch.float32).reshape(1, channels, 1, 1)
         std_t = torch.tensor(list(std), dtype=torch.float32).reshape(1, channels, 1, 1)
@@ -286,7 +302,16 @@ class Loader:
     def with_epoch(self, epoch: int, skip: int = 0) -> "Loader":
         """The same loader for another epoch (no data copied)."""
         return Loader(self.data, self._mean, self._std, self.batch_size, self.shuffle, self.augment,
-                      self.hflip, self.crop_padding, self.seed, epoch, skip, self.drop_last)
+                      self.hflip, self.crop_padding, self.seed, epoch, skip, self.drop_last, self.part)
+
+    def shard(self, rank: int, world: int) -> "Loader":
+        """The same loader yielding only process ``rank``'s share of every batch (of ``world`` processes)."""
+        return Loader(self.data, self._mean, self._std, self.batch_size, self.shuffle, self.augment,
+                      self.hflip, self.crop_padding, self.seed, self.epoch, self.skip, self.drop_last, (rank, world))
+
+    def batch_rows(self, index: int) -> int:
+        """Samples in the whole batch ``index`` (all processes' shares together)."""
+        return min((index + 1) * self.batch_size, len(self.data)) - index * self.batch_size
 
     def order(self) -> torch.Tensor | None:
         """The epoch's sample order, or None for the stored order."""
@@ -302,17 +327,20 @@ class Loader:
         if order is None and self.shuffle:
             order = self.order()
         lo, hi = index * self.batch_size, min((index + 1) * self.batch_size, len(self.data))
+        total, (rank, world) = hi - lo, self.part
+        rows = slice(total * rank // world, total * (rank + 1) // world) if world > 1 else None
+        mine = slice(lo + rows.start, lo + rows.stop) if rows is not None else slice(lo, hi)
         if order is None:
-            images, labels = self.data.images[lo:hi], self.data.labels[lo:hi]
+            images, labels = self.data.images[mine], self.data.labels[mine]
         else:
-            idx = order[lo:hi]
+            idx = order[mine]
             images, labels = self.data.images[idx], self.data.labels[idx]
         if self.augment and (self.crop_padding > 0 or self.hflip):
             g = _generator(self.seed, self.epoch, index, _STREAM_AUGMENT)
             if self.crop_padding > 0:
-                images = _random_crop(images, self.crop_padding, g)
+                images = _random_crop(images, self.crop_padding, g, rows, total)
             if self.hflip:
-                images = _random_hflip(images, g)
+                images = _random_hflip(images, g, rows, total)
         return _normalize(images, self._scale, self._shift), labels.clone()
 
     def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -326,7 +354,8 @@ class Loader:
 
     def __repr__(self) -> str:
         return (f"Loader(n={len(self.data)}, batch_size={self.batch_size}, batches={self.num_batches}, "
-                f"shuffle={self.shuffle}, augment={self.augment}, seed={self.seed}, epoch={self.epoch}, skip={self.skip})")
+                f"shuffle={self.shuffle}, augment={self.augment}, seed={self.seed}, epoch={self.epoch}, skip={self.skip}"
+                + (f", part={self.part}" if self.part[1] > 1 else "") + ")")
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..device import model_device, resolve_device
 from ..errors import ConfigError
 
@@ -77,9 +78,13 @@ def evaluate(model: nn.Module, data_or_loader: Any, split: str = "test", batch_s
     loss_sum = torch.zeros((), dtype=accum_dtype(dev), device=dev)
     correct = torch.zeros((), dtype=torch.int64, device=dev)
     n = 0
+    # under torchrun the ranks take turns over a bundle's batches and the sums are all-reduced below
+    turn, turns = (distributed.rank(), distributed.world_size()) if bundle else (0, 1)
     with preserve_mode(model), _on_device(model, dev), torch.no_grad():
         model.eval()
-        for x, y in batches:
+        for bi, (x, y) in enumerate(batches):
+            if bi % turns != turn:
+                continue
             if not bundle and limit is not None and n + len(y) > limit:
                 x, y = x[: limit - n], y[: limit - n]
             if len(y) == 0:
@@ -92,9 +97,13 @@ def evaluate(model: nn.Module, data_or_loader: Any, split: str = "test", batch_s
             n += len(y)
             if not bundle and limit is not None and n >= limit:
                 break
+    if turns > 1:
+        sums = torch.tensor([loss_sum.item(), float(correct.item()), float(n)], dtype=torch.float64, device="cpu")
+        distributed.all_reduce_([sums])
+        loss_sum, correct, n = sums[0], sums[1], int(sums[2])
     if n == 0:
         raise ConfigError(f"evaluation on the {split!r} split saw no samples; check the data set or the limit.")
-    return {"accuracy": 100.0 * correct.item() / n, "loss": loss_sum.item() / n, "n": n}
+    return {"accuracy": 100.0 * float(correct) / n, "loss": float(loss_sum) / n, "n": n}
 
 
 def recalibrate_bn(model: nn.Module, data: Any, num_batches: int = 20, batch_size: int = 128,

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .. import distributed
 from ..errors import ChanpruneError, ConfigError
 from ..progress import Bar
 from .checkpoint import (
@@ -187,6 +188,24 @@ def _epoch_iter(loader: Any, first: int):
     return itertools.islice(iter(loader), first, None)
 
 
+def _rank_batches(loader: Any, first: int, ddp: bool):
+    """``(x, y, rows of the whole batch)`` from batch ``first`` on: the whole batches in one process; under torchrun
+    this rank's contiguous share of each (``Loader.shard``, else a slice of the batch the loader yields)."""
+    if not ddp:
+        for x, y in _epoch_iter(loader, first):
+            yield x, y, len(y)
+        return
+    rank, world = distributed.rank(), distributed.world_size()
+    if callable(getattr(loader, "shard", None)) and callable(getattr(loader, "batch_rows", None)):
+        for index, (x, y) in enumerate(_epoch_iter(loader.shard(rank, world), first), first):
+            yield x, y, loader.batch_rows(index)
+        return
+    for x, y in _epoch_iter(loader, first):
+        n = len(y)
+        lo, hi = n * rank // world, n * (rank + 1) // world
+        yield x[lo:hi], y[lo:hi], n
+
+
 def train(model: nn.Module, data: Any, config: TrainConfig | None = None, *,
           checkpoint_dir: str | Path | None = None, resume: bool = True, progress: bool = True,
           eval_each_epoch: bool = True, callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -202,6 +221,12 @@ def train(model: nn.Module, data: Any, config: TrainConfig | None = None, *,
     continues from it; a damaged or mismatched one raises :class:`CheckpointError`.
     ``resume=False`` ignores and overwrites it.
 
+    Under ``torchrun`` (a process group of several processes, :mod:`chanprune.distributed`) the model is wrapped in
+    DistributedDataParallel and every process trains on its contiguous share of each global batch of
+    ``config.batch_size`` samples (the same batches, order and augmentation as one process; BatchNorm sees the
+    share, as usual with DDP). Rank 0 writes the checkpoints; a run resumes with any number of processes, since
+    the position is counted in global batches.
+
     ``callback(info)`` is called after every optimizer step (after that step's checkpoint, if
     any) with ``{"epoch", "step", "global_step", "lr", "loss"}``; an exception raised there
     stops training and propagates (tests use it to simulate a killed run).
@@ -213,6 +238,12 @@ def train(model: nn.Module, data: Any, config: TrainConfig | None = None, *,
     if not is_bundle(data):
         raise ConfigError(f"train() needs a DataBundle with a .loader() method, got {type(data).__name__}; "
                           "load one with chanprune.data.load_data(...).")
+    ddp = distributed.is_distributed()
+    world = distributed.world_size()
+    if ddp and config.batch_size < world:
+        raise ConfigError(f"the global batch of {config.batch_size} cannot be shared by {world} processes; "
+                          f"use batch_size >= {world} or fewer processes.")
+    progress = progress and distributed.is_main()
     dev = resolve_device(config.device, model)
     model.to(dev)
     torch.manual_seed(config.seed)
@@ -223,6 +254,9 @@ def train(model: nn.Module, data: Any, config: TrainConfig | None = None, *,
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                 nesterov=config.nesterov, weight_decay=config.weight_decay)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    # Under torchrun a rank's share of a global batch of B samples contributes Σ_i ℓ_i · world/B; DDP averages the
+    # gradients over the ranks, so the step is that of the mean loss over the whole global batch, as in one process.
+    criterion_sum = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing, reduction="sum")
 
     def make_loader(epoch: int):
         return data.loader("train", batch_size=config.batch_size, shuffle=True, augment=config.augment,
@@ -241,8 +275,10 @@ def train(model: nn.Module, data: Any, config: TrainConfig | None = None, *,
     resumed_from = None
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckdir is not None:
-        clean_stale_temp_files(ckdir)
-        if resume:
+        if distributed.is_main():
+            clean_stale_temp_files(ckdir)
+        distributed.barrier()
+        if resume:  # every rank reads the checkpoint (one folder that all ranks see, e.g. a shared file system)
             loaded = load_train_state(ckdir)
             if loaded is not None:
                 state, tensors = loaded
@@ -262,14 +298,32 @@ def train(model: nn.Module, data: Any, config: TrainConfig | None = None, *,
                 resumed_from = {"epoch": start_epoch, "step": start_step, "global_step": global_step}
 
     def checkpoint(epoch: int, step: int, part: dict[str, Any]) -> None:
+        """Rank 0 writes (atomically, see .checkpoint); the others wait, so no rank runs ahead of the file."""
         if ckdir is None:
             return
-        save_train_state(ckdir, model, optimizer, {
-            "epoch": epoch, "step": step, "global_step": global_step,
-            "complete": epoch >= config.epochs,
-            "config": config.as_dict(), "fingerprint": fingerprint,
-            "history": history, "partial": part, "steps_per_epoch": steps_per_epoch,
-        })
+        if distributed.is_main():
+            save_train_state(ckdir, model, optimizer, {
+                "epoch": epoch, "step": step, "global_step": global_step,
+                "complete": epoch >= config.epochs,
+                "config": config.as_dict(), "fingerprint": fingerprint,
+                "history": history, "partial": part, "steps_per_epoch": steps_per_epoch,
+            })
+        distributed.barrier()
+
+    def totals(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple[float, int, int]:
+        """The epoch's running loss sum, correct count and samples over every rank's share."""
+        if not ddp:
+            return loss_sum.item(), int(correct.item()), seen
+        t = torch.tensor([loss_sum.item(), float(correct.item()), float(seen)], dtype=torch.float64, device="cpu")
+        distributed.all_reduce_([t])
+        return float(t[0]), int(t[1]), int(t[2])
+
+    net = model
+    if ddp:  # after the resume, so the weights DDP broadcasts from rank 0 are the checkpoint's
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=ids)
 
     refresh = max(1, steps_per_epoch // 50)
     with Bar("train", total=max(total_steps, 1), enabled=progress, completed=global_step) as bar:
@@ -282,51 +336,63 @@ def train(model: nn.Module, data: Any, config: TrainConfig | None = None, *,
                 raise ChanpruneError(f"the training loader changed length between epochs ({len(loader)} vs "
                                      f"{steps_per_epoch} batches); make the data loader's length fixed.")
             first = start_step if epoch == start_epoch else 0
-            acc = partial if first else {"loss_sum": 0.0, "correct": 0, "seen": 0, "time_s": 0.0}
+            acc = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time_s": 0.0}
+            if first:  # the resumed partial sums are global: rank 0 carries them, the other ranks start from 0
+                acc = partial if distributed.is_main() else {**acc, "time_s": partial.get("time_s", 0.0)}
             loss_sum = torch.tensor(float(acc["loss_sum"]), dtype=accum_dtype(dev), device=dev)
             correct = torch.tensor(int(acc["correct"]), dtype=torch.int64, device=dev)
             seen = int(acc["seen"])
             t0 = time.perf_counter() - float(acc["time_s"])
             bar.update(description=f"epoch {epoch + 1}/{config.epochs}")
             step, reported, lr = first, first, config.lr
-            for x, y in _epoch_iter(loader, first):
+            for x, y, rows in _rank_batches(loader, first, ddp):
                 lr = lr_at(global_step, base_lr=config.lr, total_steps=total_steps,
                            warmup_steps=warmup_steps, schedule=config.schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x = x.to(dev, non_blocking=True)
                 y = y.to(dev, non_blocking=True).long()
-                out = model(x)
-                loss = criterion(out, y)
+                out = net(x)
+                if ddp:
+                    local_sum = criterion_sum(out, y)
+                    loss = local_sum * (world / rows)
+                else:
+                    loss = criterion(out, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 step += 1
                 global_step += 1
                 with torch.no_grad():
-                    loss_sum += loss.detach().to(loss_sum.dtype) * len(y)
+                    if ddp:
+                        loss_sum += local_sum.detach().to(loss_sum.dtype)
+                    else:
+                        loss_sum += loss.detach().to(loss_sum.dtype) * len(y)
                     correct += (out.detach().argmax(dim=1) == y).sum()
                 seen += len(y)
                 if bar.live and (step % refresh == 0 or step == steps_per_epoch):
-                    bar.advance(step - reported, loss=loss_sum.item() / seen, acc=100.0 * correct.item() / seen, lr=lr)
+                    bar.advance(step - reported, loss=loss_sum.item() / max(seen, 1), acc=100.0 * correct.item() / max(seen, 1), lr=lr)
                     reported = step
                 if (ckdir is not None and config.checkpoint_every
                         and global_step % config.checkpoint_every == 0 and step < steps_per_epoch):
-                    checkpoint(epoch, step, {"loss_sum": loss_sum.item(), "correct": int(correct.item()),
-                                             "seen": seen, "time_s": time.perf_counter() - t0})
+                    g_loss, g_correct, g_seen = totals(loss_sum, correct, seen)
+                    checkpoint(epoch, step, {"loss_sum": g_loss, "correct": g_correct,
+                                             "seen": g_seen, "time_s": time.perf_counter() - t0})
                 if callback is not None:
+                    batch_loss = float(local_sum.detach()) / max(1, len(y)) if ddp else float(loss.detach())
                     callback({"epoch": epoch, "step": step, "global_step": global_step, "lr": lr,
-                              "loss": float(loss.detach())})
+                              "loss": batch_loss})
             if step != steps_per_epoch:
                 raise ChanpruneError(f"the training loader yielded {step} of {steps_per_epoch} batches in epoch "
                                      f"{epoch + 1}; make len(loader) match the batches it yields.")
             epoch_time = time.perf_counter() - t0
-            mean_loss = loss_sum.item() / max(seen, 1)
+            g_loss, g_correct, g_seen = totals(loss_sum, correct, seen)
+            mean_loss = g_loss / max(g_seen, 1)
             if not math.isfinite(mean_loss):
                 raise ChanpruneError(f"training diverged (mean loss {mean_loss} in epoch {epoch + 1}); "
                                      "lower the learning rate or add warm-up.")
             entry: dict[str, Any] = {
-                "epoch": epoch + 1, "loss": mean_loss, "train_acc": 100.0 * correct.item() / max(seen, 1),
+                "epoch": epoch + 1, "loss": mean_loss, "train_acc": 100.0 * g_correct / max(g_seen, 1),
                 "lr": lr, "steps": steps_per_epoch, "time_s": epoch_time,
             }
             if eval_each_epoch:
@@ -354,6 +420,7 @@ def train(model: nn.Module, data: Any, config: TrainConfig | None = None, *,
         "steps_per_epoch": steps_per_epoch,
         "time_s": sum(e.get("time_s", 0.0) for e in history),
         "device": str(dev),
+        "processes": world,
         "resumed_from": resumed_from,
         "config": config.as_dict(),
     }

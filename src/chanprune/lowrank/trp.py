@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .. import distributed
 from .._atomic import write_text_atomic
 from ..engine.train import TrainConfig, train
 from ..errors import ConfigError
@@ -202,7 +203,9 @@ def _check_state(ckdir: Path | None, resume: bool, config: TRPConfig) -> None:
             diff = next((k for k in now if not isinstance(saved, dict) or saved.get(k) != now[k]), "config")
             raise ConfigError(f"the TRP checkpoint in {ckdir} was written with other TRP settings ({diff}); delete the "
                               "folder or pass resume=False to start over.")
-    write_text_atomic(path, json.dumps({"config": now}, indent=1))
+    if distributed.is_main():  # under torchrun, rank 0 writes; every rank has checked
+        write_text_atomic(path, json.dumps({"config": now}, indent=1))
+    distributed.barrier()
 
 
 def trp_train(model: nn.Module, data: Any, config: TRPConfig | None = None, train_config: TrainConfig | None = None, *,
