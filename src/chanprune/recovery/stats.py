@@ -148,7 +148,7 @@ def _dummy(images: torch.Tensor, cached: int) -> torch.Tensor:
     tensor of the prefix that reaches the part after the cut (where the cached batch runs) cannot broadcast
     against it — the shapes clash and the pass fails instead of silently mixing."""
     k = 3 if cached == 2 else 2
-    return torch.zeros((k,) + tuple(images.shape[1:]), dtype=images.dtype)
+    return torch.zeros((k,) + tuple(images.shape[1:]), dtype=images.dtype, device=images.device)
 
 
 def call_order(model: nn.Module, example_inputs: torch.Tensor) -> tuple[list[str], dict[str, int]]:
