@@ -105,3 +105,38 @@ def test_top_level_measure_stays_the_function():
 
     importlib.import_module("chanprune.measurement")
     assert callable(chanprune.measure) and chanprune.measure.__name__ == "measure"
+
+
+def test_latency_in_onnxruntime_and_eager_interleaved():
+    models = {"dense": net(16), "small": net(4)}
+    res = latency(models, (1, 8, 8), batch_sizes=(1, 3), repeats=3, warmup=1, threads=1, backend=("eager", "onnxruntime"))
+    assert res["threads"] == 1
+    for b in ("eager", "onnxruntime"):
+        for name in models:
+            assert set(res[b][name]) == {1, 3}
+            assert 0 < res[b][name][3]["p10_ms"] <= res[b][name][3]["median_ms"] <= res[b][name][3]["p90_ms"]
+        assert set(res[b]["speedup"]) == {"small"}
+    single = latency(models, (1, 8, 8), batch_sizes=(2,), repeats=1, warmup=0, backend="onnxruntime")
+    assert set(single) == {"dense", "small", "speedup"}  # one backend: the plain format
+    with pytest.raises(ConfigError, match="backend"):
+        latency(models, (1, 8, 8), backend="tensorrt")
+
+
+def test_measure_reports_every_backend():
+    data, dense, small = TinyData(), net(32), net(4)
+    res = measure(small, data, baseline=dense, batch_sizes=(1,), repeats=2, accuracy=False, backends=("eager", "onnxruntime"),
+                  threads=1)
+    assert res["threads"] == 1 and set(res["backends"]) == {"eager", "onnxruntime"}
+    ort = res["backends"]["onnxruntime"]
+    assert ort["latency_ms"][1] > 0 and ort["baseline_latency_ms"][1] > 0 and ort["speedup"][1] > 0
+    assert res["latency_ms"] == res["backends"]["eager"]["latency_ms"]  # the top level stays eager's
+
+
+def test_measure_keeps_eager_when_onnx_refuses():
+    class NoOnnx(nn.Module):
+        def forward(self, x):
+            return torch.linalg.svdvals(x).flatten(1)
+
+    res = measure(NoOnnx(), TinyData(), batch_sizes=(1,), repeats=1, accuracy=False, backends=("eager", "onnxruntime"))
+    assert res["latency_ms"][1] > 0
+    assert "does not export to ONNX" in res["backends"]["onnxruntime"]["error"]

@@ -89,12 +89,14 @@ def search(
         else:
             hi = mid
     keep = widths(hi)
-    keep = _nudge(keep, cost, target, kind, tolerance)
+    keep = nudge(keep, cost, target, kind, tolerance)
     return SearchResult(keep, hi, cost.ratio(keep, kind), target, kind)
 
 
-def _nudge(keep, cost, target, kind, tolerance) -> list[int]:
+def nudge(keep, cost, target, kind, tolerance, step=None) -> list[int]:
     """Add back single channels while the cost stays ≤ target·(1+tol), closest to the target first.
+
+    ``step(g, k)``: the width group g moves to from k (default k + 1; latency-aware rounding moves by blocks).
 
     Rounding can leave the bisection's answer further below the target than the tolerance; moving one
     group at a time by one channel closes that gap. Adding channels never breaks a per-group floor.
@@ -105,15 +107,15 @@ def _nudge(keep, cost, target, kind, tolerance) -> list[int]:
     while abs(ratio - target) > tolerance * target:
         best = None
         for g, (k, n) in enumerate(zip(keep, full)):
-            if k >= n:
+            wider = k + 1 if step is None else step(g, k)
+            if k >= n or not k < wider <= n:
                 continue
-            keep[g] += 1
+            keep[g] = wider
             r = cost.ratio(keep, kind)
-            keep[g] -= 1
+            keep[g] = k
             if r <= target * (1 + tolerance) and (best is None or r > best[0]):
-                best = (r, g)
+                best = (r, g, wider)
         if best is None:
             break
-        ratio, g = best
-        keep[g] += 1
+        ratio, g, keep[g] = best
     return keep

@@ -153,6 +153,18 @@ def _ratio(name: str, value: Optional[float]) -> None:
         raise ConfigError(f"--{name} must lie in [0, 1), got {value}.")
 
 
+def _round_to(value: Optional[str]):
+    """--round-to: a positive integer or 'auto'."""
+    if value is None or value == "auto":
+        return value
+    from .errors import ConfigError
+
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"--round-to must be a positive integer or 'auto', not {value!r}.") from None
+
+
 def _kv_table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> Table:
     t = Table(title=title)
     for i, h in enumerate(header):
@@ -348,7 +360,8 @@ def prune(model: str = typer.Argument(..., help="saved model stem"), data: str =
           root: Optional[str] = typer.Option(None), method: str = typer.Option("hierarchical", help="l1, l2, bn_scale, taylor, fpgm, hrank, random, hierarchical, ..."),
           target_macs: Optional[float] = typer.Option(None, help="fraction of MACs to keep, e.g. 0.5"),
           target_params: Optional[float] = typer.Option(None), ratio: Optional[float] = typer.Option(None, help="fraction of channels to remove per group"),
-          allocation: Optional[str] = typer.Option(None), round_to: Optional[int] = typer.Option(None),
+          allocation: Optional[str] = typer.Option(None),
+          round_to: Optional[str] = typer.Option(None, help="round kept channels up to a multiple of N, or 'auto' (fastest widths measured in onnxruntime)"),
           calibration: Optional[int] = typer.Option(None, help="calibration images"), recover: Optional[str] = typer.Option(None, help="none | bn | compensate | compensate+bn"),
           allow_exceed: bool = typer.Option(False, help="hierarchical: prune beyond the analysis maximum"),
           finetune_epochs: float = typer.Option(0.0), finetune_limit: Optional[int] = typer.Option(None),
@@ -368,7 +381,7 @@ def prune(model: str = typer.Argument(..., help="saved model stem"), data: str =
         raise ConfigError("CACP searches once for a family of rates; run `chanprune cacp MODEL --support ... --export ...` instead.")
     extra = {"allow_exceed": allow_exceed} if method == "hierarchical" else {}
     cfg = method_config(method, target_macs=target_macs, target_params=target_params, ratio=ratio, allocation=allocation,
-                        round_to=round_to, calibration=calibration, recover=recover, seed=seed, **extra)
+                        round_to=_round_to(round_to), calibration=calibration, recover=recover, seed=seed, **extra)
     net, bundle = _model_and_data(model, data, root, device)
     run_prune(net, bundle, cfg, finetune_epochs=finetune_epochs, finetune_limit=finetune_limit, out=Path(out), label=method,
               test_limit=test_limit)
@@ -585,19 +598,29 @@ def decompose(model: str = typer.Argument(..., help="saved model stem"), data: s
 @app.command()
 def bench(model: str = typer.Argument(..., help="saved model stem"), baseline: Optional[str] = typer.Option(None, help="dense model stem to compare against"),
           data: str = typer.Option("fashion_mnist"), root: Optional[str] = typer.Option(None), repeats: int = typer.Option(30),
+          backends: str = typer.Option("eager,onnxruntime", help="comma-separated: eager, onnxruntime"),
+          threads: int = typer.Option(1, help="CPU threads for PyTorch and onnxruntime"),
           out: Optional[str] = typer.Option(None)):
-    """Measure MACs, params, accuracy and CPU latency (dense and pruned interleaved)."""
+    """Measure MACs, params, accuracy and CPU latency in PyTorch eager and onnxruntime (dense and pruned interleaved)."""
     import chanprune
 
     net, bundle = _model_and_data(model, data, root)
     base = _load_model(baseline) if baseline else None
     if base is not None:
         _check_fit(base, bundle, baseline)
-    result = _measure(net, bundle, baseline=base, repeats=repeats)
+    names = tuple(b.strip() for b in backends.split(",") if b.strip())
+    result = _measure(net, bundle, baseline=base, repeats=repeats, backends=names, threads=threads)
     rows = [("accuracy", f"{result['accuracy']:.2f}%"), ("MACs", _fmt_m(result["macs"])), ("params", _fmt_m(result["params"]))]
-    rows += [(f"latency bs={bs}", f"{ms:.2f} ms") for bs, ms in result["latency_ms"].items()]
-    rows += [(f"speed-up bs={bs}", f"{x:.2f}×") for bs, x in (result.get("speedup") or {}).items()]
-    console.print(_kv_table(f"bench {model}", rows, ("", "")))
+    if base is not None:
+        rows.append(("MAC reduction", f"{1 / result['mac_ratio']:.2f}×"))
+    for b, entry in (result.get("backends") or {names[0]: {"latency_ms": result["latency_ms"], "speedup": result.get("speedup")}}).items():
+        if "error" in entry:
+            rows.append((b, entry["error"]))
+            continue
+        for bs, ms in entry["latency_ms"].items():
+            x = (entry.get("speedup") or {}).get(bs)
+            rows.append((f"{b} bs={bs}", f"{ms:.2f} ms" + (f" ({x:.2f}× faster)" if x else "")))
+    console.print(_kv_table(f"bench {model} ({result['threads']} thread(s), medians of {repeats} interleaved rounds)", rows, ("", "")))
     if out:
         write_record(Path(out), {"command": "bench", "model": model, "baseline": baseline, "data": data, **result})
 

@@ -35,7 +35,7 @@ class PruneConfig:
     target_params: float | None = None
     ratio: float | None = None
     allocation: str = "uniform"
-    round_to: int | None = None
+    round_to: int | str | None = None  # "auto": latency-aware widths (chanprune.rounding)
     ignored_layers: tuple[str, ...] = ()
     calibration: int = 256
     batch_size: int = 64
@@ -62,8 +62,9 @@ class PruneConfig:
         if get_recovery(self.recover).refits_consumers and self.refits_consumers:
             raise ConfigError(f"{type(self).__name__} refits the consumers of the pruned channels itself, so "
                               f"recover={self.recover!r} would overwrite that refit; use recover='none' or recover='bn'.")
-        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
-            raise ConfigError(f"round_to must be a positive integer, not {self.round_to!r}.")
+        if self.round_to is not None and self.round_to != "auto" and (not isinstance(self.round_to, int) or self.round_to < 1):
+            raise ConfigError(f"round_to must be a positive integer or 'auto' (widths from a measured latency table), "
+                              f"not {self.round_to!r}.")
         if not isinstance(self.calibration, int) or self.calibration < 1:
             raise ConfigError(f"calibration must be a positive number of images, not {self.calibration!r}.")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:

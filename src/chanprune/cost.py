@@ -61,6 +61,7 @@ class CostModel:
                 mult = len(member.idxs) / g.channels
                 entry = touched.setdefault(member.module, [])
                 entry.append((g.index, mult if member.role == "out" else 0.0, mult if member.role == "in" else 0.0))
+        self.links = touched  # module → [(group, share of its outputs, share of its inputs)]
         for module, links in touched.items():
             out_c, in_c = _channels(module)
             self.layers.append(

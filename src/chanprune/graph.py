@@ -349,7 +349,7 @@ class PruningGraph:
 def resolve_round_to(keep: int, channels: int, round_to: int | None) -> int:
     """Round a kept-channel count up to a multiple of ``round_to`` (never above ``channels``, never below 1)."""
     keep = max(1, min(channels, int(keep)))
-    if round_to and round_to > 1:
+    if isinstance(round_to, int) and round_to > 1:  # "auto" is applied after the allocation (chanprune.rounding)
         keep = min(channels, ((keep + round_to - 1) // round_to) * round_to)
     return keep
 

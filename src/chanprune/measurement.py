@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -52,17 +54,45 @@ def _cpu_eval_copy(model: nn.Module) -> nn.Module:
     return m
 
 
+BACKENDS = ("eager", "onnxruntime")
+
+
+def _runners(copies: dict[str, nn.Module], shape: tuple[int, ...], backend: str, threads: int, folder: str) -> dict:
+    """name → fn(x) running one forward pass of that model in ``backend`` (onnxruntime: exported, checked, loaded)."""
+    if backend == "eager":
+        return {name: m for name, m in copies.items()}
+    from .export import INPUT_NAME, export, onnx_session
+
+    runners = {}
+    for i, (name, m) in enumerate(copies.items()):
+        path = f"{folder}/{i}.onnx"
+        export(m, path, torch.zeros((1, *shape)), check_batches=(2,))
+        session = onnx_session(path, threads=threads)
+        runners[name] = (lambda sess: (lambda x: sess.run(None, {INPUT_NAME: x.numpy()})))(session)
+    return runners
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+    a = np.asarray(times)
+    return {"median_ms": float(np.median(a)), "p10_ms": float(np.percentile(a, 10)), "p90_ms": float(np.percentile(a, 90))}
+
+
 def latency(models: dict[str, nn.Module], input_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 32),
-            repeats: int = 30, warmup: int = 5, threads: int | None = None) -> dict[str, Any]:
-    """Interleaved CPU latency of several models.
+            repeats: int = 30, warmup: int = 5, threads: int | None = None,
+            backend: str | Sequence[str] = "eager") -> dict[str, Any]:
+    """Interleaved CPU latency of several models, in PyTorch eager and/or onnxruntime.
 
     ``input_shape`` is the shape of *one* sample, without the batch dimension (e.g. ``(3, 32, 32)``).
-    Each of ``repeats`` rounds times every model once per batch size; the model order rotates by
-    one each round. ``threads`` sets ``torch.set_num_threads`` for the measurement (restored after).
+    Each of ``repeats`` rounds times every (model, backend) once per batch size; the order rotates by
+    one each round. ``threads`` sets ``torch.set_num_threads`` for the measurement (restored after) and
+    onnxruntime's intra-op threads (None: torch's current count for both).
+    ``backend``: ``"eager"``, ``"onnxruntime"`` (the model exported to ONNX, checked against PyTorch,
+    run on onnxruntime's CPU provider) or a sequence of both, timed interleaved in the same rounds.
 
-    Returns ``{name: {bs: {"median_ms", "p10_ms", "p90_ms"}}, "speedup": {name: {bs: x}}}``
+    Returns, for one backend, ``{name: {bs: {"median_ms", "p10_ms", "p90_ms"}}, "speedup": {name: {bs: x}}}``
     where the reference is the model named ``"dense"`` if present, else the first one, and
-    ``speedup`` (reference median / model median) lists every other model.
+    ``speedup`` (reference median / model median) lists every other model; for a sequence of
+    backends, ``{backend: that dict}`` plus ``"threads"``.
     """
     if not models:
         raise ConfigError("latency() got no models; pass a dict such as {'dense': model}.")
@@ -70,61 +100,69 @@ def latency(models: dict[str, nn.Module], input_shape: Sequence[int], batch_size
         raise ConfigError("a model may not be named 'speedup' (that key holds the speed-ups); rename it.")
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be >= 1 and warmup >= 0 (got {repeats}, {warmup}); pass valid counts.")
+    backends = (backend,) if isinstance(backend, str) else tuple(backend)
+    if not backends or any(b not in BACKENDS for b in backends):
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)} (or a sequence of them), not {backend!r}.")
     batch_sizes = tuple(int(b) for b in batch_sizes)
     if not batch_sizes or min(batch_sizes) < 1:
         raise ConfigError(f"batch_sizes must be positive integers, got {batch_sizes}; pass e.g. (1, 32).")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}; pass None to keep torch's setting.")
     shape = tuple(int(s) for s in input_shape)
     names = list(models)
     copies = {name: _cpu_eval_copy(m) for name, m in models.items()}
     gen = torch.Generator().manual_seed(0)
     inputs = {bs: torch.randn((bs, *shape), generator=gen) for bs in batch_sizes}
-    times: dict[str, dict[int, list[float]]] = {n: {bs: [] for bs in batch_sizes} for n in names}
+    n_threads = int(threads) if threads is not None else torch.get_num_threads()
+    keys = [(b, n) for b in backends for n in names]
+    times: dict[tuple[str, str], dict[int, list[float]]] = {k: {bs: [] for bs in batch_sizes} for k in keys}
 
     old_threads = torch.get_num_threads()
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {threads}; pass None to keep torch's setting.")
-        torch.set_num_threads(int(threads))
+    torch.set_num_threads(n_threads)
     try:
-        with torch.inference_mode():
+        with tempfile.TemporaryDirectory(prefix="chanprune-latency-") as folder, torch.inference_mode():
+            run = {}
+            for b in backends:
+                for n, fn in _runners(copies, shape, b, n_threads, _mkdir(f"{folder}/{b}")).items():
+                    run[(b, n)] = fn
             for bs in batch_sizes:
-                for name in names:
+                for k in keys:
                     for _ in range(warmup):
-                        copies[name](inputs[bs])
+                        run[k](inputs[bs])
             for r in range(repeats):
-                k = r % len(names)
-                order = names[k:] + names[:k]
+                j = r % len(keys)
+                order = keys[j:] + keys[:j]
                 for bs in batch_sizes:
                     x = inputs[bs]
-                    for name in order:
+                    for k in order:
                         t0 = time.perf_counter()
-                        copies[name](x)
-                        times[name][bs].append((time.perf_counter() - t0) * 1e3)
+                        run[k](x)
+                        times[k][bs].append((time.perf_counter() - t0) * 1e3)
     finally:
-        if threads is not None:
-            torch.set_num_threads(old_threads)
+        torch.set_num_threads(old_threads)
 
-    out: dict[str, Any] = {}
-    for name in names:
-        out[name] = {}
-        for bs in batch_sizes:
-            a = np.asarray(times[name][bs])
-            out[name][bs] = {
-                "median_ms": float(np.median(a)),
-                "p10_ms": float(np.percentile(a, 10)),
-                "p90_ms": float(np.percentile(a, 90)),
-            }
     ref = "dense" if "dense" in models else names[0]
-    out["speedup"] = {
-        name: {bs: out[ref][bs]["median_ms"] / out[name][bs]["median_ms"] for bs in batch_sizes}
-        for name in names if name != ref
-    }
-    return out
+    per_backend: dict[str, Any] = {}
+    for b in backends:
+        out: dict[str, Any] = {name: {bs: _summary(times[(b, name)][bs]) for bs in batch_sizes} for name in names}
+        out["speedup"] = {
+            name: {bs: out[ref][bs]["median_ms"] / out[name][bs]["median_ms"] for bs in batch_sizes}
+            for name in names if name != ref
+        }
+        per_backend[b] = out
+    if isinstance(backend, str):
+        return per_backend[backend]
+    return {**per_backend, "threads": n_threads}
+
+
+def _mkdir(path: str) -> str:
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def measure(model: nn.Module, data: Any, *, baseline: nn.Module | None = None,
             batch_sizes: Sequence[int] = (1, 32), repeats: int = 30, accuracy: bool = True,
-            limit: int | None = None) -> dict[str, Any]:
+            limit: int | None = None, backends: Sequence[str] = ("eager",), threads: int | None = None) -> dict[str, Any]:
     """MACs, params, test accuracy and CPU latency of ``model`` (optionally against ``baseline``).
 
     Returns ``{"macs", "params", "accuracy" (test %, or None with accuracy=False),
@@ -132,8 +170,14 @@ def measure(model: nn.Module, data: Any, *, baseline: nn.Module | None = None,
     ``"speedup": {bs: baseline median / model median}``, ``"mac_ratio"`` and ``"param_ratio"``
     (model / baseline, i.e. the fraction kept) and ``"baseline": {"macs", "params",
     "latency_ms"}``. Baseline and model are timed interleaved in one run. ``limit`` caps the
-    test samples used for accuracy.
+    test samples used for accuracy. These top-level latencies are PyTorch eager's (the first of
+    ``backends`` when eager is not among them); with several ``backends`` (e.g. ``("eager", "onnxruntime")``)
+    ``"backends": {backend: {"latency_ms", "latency", "speedup", "baseline_latency_ms"}}`` holds each, all timed
+    interleaved, and ``"threads"`` the thread count they ran with. A model onnxruntime cannot run (an operator
+    that does not export) gets ``{"error": message}`` for that backend instead of a failure.
     """
+    from .errors import ExportError
+
     example = data.example_input(1)
     macs, params = count_macs_params(model, example)
     result: dict[str, Any] = {"macs": macs, "params": params}
@@ -141,9 +185,30 @@ def measure(model: nn.Module, data: Any, *, baseline: nn.Module | None = None,
 
     shape = tuple(example.shape[1:])
     timed = {"baseline": baseline, "model": model} if baseline is not None else {"model": model}
-    lat = latency(timed, shape, batch_sizes=batch_sizes, repeats=repeats)
+    backends = tuple(backends)
+    try:
+        lat_all = latency(timed, shape, batch_sizes=batch_sizes, repeats=repeats, threads=threads, backend=backends)
+    except ExportError as exc:
+        if backends == ("eager",) or "eager" not in backends:
+            raise
+        lat_all = latency(timed, shape, batch_sizes=batch_sizes, repeats=repeats, threads=threads, backend=("eager",))
+        lat_all.update({b: {"error": str(exc)} for b in backends if b != "eager"})
+    result["threads"] = lat_all["threads"]
+    first = "eager" if "eager" in backends else backends[0]
+    lat = lat_all[first]
     result["latency_ms"] = {bs: v["median_ms"] for bs, v in lat["model"].items()}
     result["latency"] = lat["model"]
+    if len(backends) > 1:
+        result["backends"] = {}
+        for b in backends:
+            entry = lat_all[b]
+            if "error" in entry:
+                result["backends"][b] = entry
+                continue
+            result["backends"][b] = {"latency_ms": {bs: v["median_ms"] for bs, v in entry["model"].items()},
+                                     "latency": entry["model"], "speedup": dict(entry["speedup"].get("model", {})),
+                                     "baseline_latency_ms": {bs: v["median_ms"] for bs, v in entry["baseline"].items()}
+                                     if baseline is not None else None}
     if baseline is not None:
         bmacs, bparams = count_macs_params(baseline, example)
         result["speedup"] = dict(lat["speedup"]["model"])

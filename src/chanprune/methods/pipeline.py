@@ -59,11 +59,20 @@ class PruneSession:
     def allocate(self, widths: alloc.WidthsFn) -> list[int]:
         """Kept channels per group: widths(ratio) for a plain ratio, else the knob searched for the target."""
         target = self.config.target
+        if self.config.round_to == "auto":
+            return self._allocate_latency_aware(widths)
         if target is None:
             return widths(float(self.config.ratio))
         kind, value = target
         self.search_result = alloc.search(widths, self.cost, value, kind=kind, tolerance=self.config.tolerance)
         return self.search_result.keep
+
+    def _allocate_latency_aware(self, widths: alloc.WidthsFn) -> list[int]:
+        """round_to="auto": the rounding whose widths measured fastest on this machine (chanprune.rounding)."""
+        from ..rounding import latency_aware_keep
+
+        keep, self.search_result, self.notes["latency_rounding"] = latency_aware_keep(self, widths)
+        return keep
 
     def remove_lowest(self, scores: list[torch.Tensor], keep: list[int]) -> dict[int, list[int]]:
         return {g.index: lowest(s, g.channels - k) for g, s, k in zip(self.graph.groups, scores, keep)}
