@@ -10,6 +10,8 @@ TINY_KWARGS = {
     "resnet32": {"width": 0.5},
     "resnet56": {"width": 0.5},
     "resnet110": {"width": 0.25},
+    "resnet29_bottleneck": {"width": 0.5},
+    "resnet38_bottleneck": {"width": 0.25},
     "vgg16_bn": {"width": 0.125},
     "mobilenetv2": {"width_mult": 0.25},
     "densenet40": {"growth_rate": 4, "block_layers": 2},

@@ -464,6 +464,31 @@ def cacp(ctx: typer.Context, model: str = typer.Argument(..., help="saved model 
                   if not policy else f"exported from {policy} in {search_seconds:.0f}s; wrote {outp}/rate_*/model.*, {outp / 'record.json'}")
 
 
+# ------------------------------------------------------------------------------------------- ucp
+@app.command()
+def ucp(model: str = typer.Argument(..., help="saved model stem"), data: str = typer.Option("fashion_mnist"),
+        root: Optional[str] = typer.Option(None, help="folder with the data set's files"),
+        target_macs: Optional[float] = typer.Option(None, help="fraction of MACs to keep (top-k by MSEB score); omit for the paper's mean rule"),
+        threshold_factor: float = typer.Option(0.999, help="mean rule: keep channels scoring above this × the layer mean"),
+        structure: str = typer.Option("auto", help="auto | basic (residual stages pruned uniformly) | bottleneck (middle convs only)"),
+        stage_score: str = typer.Option("mseb", help="score of a residual stage: mseb (sum of its blocks' MSEBs) | l1"),
+        mseb_init: str = typer.Option("checkpoint", help="train the MSEB network from the checkpoint (neutral MSEBs) | scratch"),
+        mseb_epochs: int = typer.Option(1, help="epochs of training with MSEBs before scoring"),
+        recovery: str = typer.Option("finetune", help="scratch (re-initialise, the paper) | finetune | compensate (no training)"),
+        retrain_epochs: int = typer.Option(1, help="epochs of the recovery training (scratch / finetune)"),
+        limit: Optional[int] = typer.Option(None, help="train on a stratified subset of this many images"),
+        test_limit: Optional[int] = typer.Option(None, help="evaluate on a fixed stratified test subset of this size"),
+        seed: int = typer.Option(0), out: str = typer.Option("runs/ucp")):
+    """UCP: train with MSEB attention, prune residual stages uniformly by the learned scores, retrain; measure, save."""
+    from .methods.ucp import UCPConfig
+
+    cfg = UCPConfig(rule="mean" if target_macs is None else "target", target_macs=target_macs,
+                    threshold_factor=threshold_factor, structure=structure, stage_score=stage_score, mseb_init=mseb_init,
+                    mseb_epochs=mseb_epochs, recovery=recovery, retrain_epochs=retrain_epochs, limit_train=limit, seed=seed)
+    net, bundle = _model_and_data(model, data, root)
+    run_prune(net, bundle, cfg, finetune_epochs=0, finetune_limit=None, out=Path(out), label="ucp", test_limit=test_limit)
+
+
 # ------------------------------------------------------------------------------------------- finetune
 @app.command()
 def finetune(model: str = typer.Argument(..., help="saved model stem"), data: str = typer.Option("fashion_mnist"),

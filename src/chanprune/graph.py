@@ -322,6 +322,20 @@ class PruningGraph:
     def widths(self) -> list[int]:
         return [g.channels for g in self.groups]
 
+    def producers_feeding_norm(self) -> list[tuple[nn.Module, str]]:
+        """(module, name) of every group producer whose only successor in the traced graph is a norm layer."""
+        out, seen = [], set()
+        for group in self.groups:
+            for member in group.producers:
+                if id(member.module) in seen:
+                    continue
+                seen.add(id(member.module))
+                node = self.dg.module2node.get(member.module)
+                successors = [n.module for n in node.outputs] if node is not None else []
+                if len(successors) == 1 and isinstance(successors[0], _NORM_TYPES):
+                    out.append((member.module, member.name))
+        return out
+
     def remove(self, plan: Mapping[int, Sequence[int]]) -> None:
         """Physically remove root indices ``plan[g]`` from each group ``g`` (in place, via Torch-Pruning).
 
