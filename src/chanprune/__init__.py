@@ -45,6 +45,7 @@ _EXPORTS = {
     "CPConfig": "chanprune.methods.cp",
     "CaPConfig": "chanprune.methods.cap",
     "CACPConfig": "chanprune.methods.cacp",
+    "UCPConfig": "chanprune.methods.ucp",
     "ChanpruneError": "chanprune.errors",
     "decompose": "chanprune.lowrank",
     "DecomposeConfig": "chanprune.lowrank",

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from torch.overrides import TorchFunctionMode
 
 from .device import to_device
 from .graph import PruningGraph
@@ -83,7 +84,9 @@ class CostModel:
     def _sources(self) -> dict[nn.Module, nn.Module]:
         """For every leaf module, the leaf module that wrote its input tensor (one hooked forward pass).
 
-        Found by tensor identity rather than the traced graph, which omits activation modules.
+        Found by tensor identity rather than the traced graph, which omits activation modules. A tensor made
+        by a functional op between modules (a residual ``+``, ``flatten``, ``cat``) is credited to the writer
+        of the op's first input that has one, so a ReLU after a residual add follows the add's channels.
         """
         writer: dict[int, nn.Module] = {}
         source: dict[nn.Module, nn.Module] = {}
@@ -94,14 +97,26 @@ class CostModel:
                 source[module] = writer[inputs[0].data_ptr()]
             if isinstance(output, torch.Tensor):
                 alive.append(output)
-                writer.setdefault(output.data_ptr(), module)  # in-place ops keep the first writer
+                writer[output.data_ptr()] = module
+
+        class Propagate(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if isinstance(out, torch.Tensor) and out.data_ptr() not in writer:
+                    flat = [a for a in args for a in (a if isinstance(a, (list, tuple)) else (a,))]
+                    first = next((writer[a.data_ptr()] for a in flat
+                                  if isinstance(a, torch.Tensor) and a.data_ptr() in writer), None)
+                    if first is not None:
+                        alive.append(out)
+                        writer[out.data_ptr()] = first
+                return out
 
         leaves = [m for m in self.graph.model.modules() if not list(m.children())]
         handles = [m.register_forward_hook(hook) for m in leaves]
         was_training = self.graph.model.training
         self.graph.model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), Propagate():
                 self.graph.model(self.graph.example_inputs)
         finally:
             for h in handles:

@@ -42,7 +42,7 @@ def _prune_quarter(model: nn.Module, example: torch.Tensor) -> int:
 
 
 def test_builtin_names():
-    assert set(BUILTIN) == {"resnet20", "resnet32", "resnet56", "resnet110", "vgg16_bn", "mobilenetv2",
+    assert set(BUILTIN) == {"resnet20", "resnet32", "resnet56", "resnet110", "resnet29_bottleneck", "resnet38_bottleneck", "vgg16_bn", "mobilenetv2",
                             "densenet40", "lenet5"}
     assert list_models() == sorted(list_models())
     for name in BUILTIN:

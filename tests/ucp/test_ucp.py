@@ -160,8 +160,8 @@ def test_scratch_recovery_shares_no_tensor_with_the_parent(digits):
                                    retrain_epochs=1, limit_train=256, calibration=64), digits)
     parent_ptrs = {t.data_ptr() for t in model.state_dict().values()}
     assert not parent_ptrs & {t.data_ptr() for t in pruned.state_dict().values()}
-    first = pruned.conv1.weight.detach()
-    rows = model.conv1.weight.detach()
+    first = pruned.features[0].weight.detach()
+    rows = model.features[0].weight.detach()
     assert not any(torch.equal(r, q) for r in first for q in rows)
     assert pruned.chanprune_history[-1]["ucp"]["retraining"]["recovery"] == "scratch"
 

@@ -11,11 +11,12 @@ indices (see :mod:`chanprune.graph`), averaged over the group's members where a 
 | fpgm     | Σ_f' ‖W_f − W_f'‖₂ (filters near the geometric median go first) | arXiv 1811.00250 |
 | hrank    | mean rank of the feature map A_f(x) over calibration images     | arXiv 2002.10179 |
 | random   | a seeded random permutation                                     |                  |
+| mseb     | Σ over producers of the mean MSEB excitation I_f (UCP)          | arXiv 2010.01251 |
 """
 from __future__ import annotations
 
 from .base import CONFIGS, CRITERIA, CriterionConfig, ScoreContext, get_criterion, register_criterion  # noqa: F401
-from . import magnitude, data_driven  # noqa: F401  (registration)
+from . import magnitude, data_driven, attention  # noqa: F401  (registration)
 
 # the config classes the registrations created: chanprune.criteria.L1Config, ...
 globals().update({cls.__name__: cls for cls in CONFIGS.values()})

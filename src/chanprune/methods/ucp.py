@@ -27,10 +27,13 @@ import torch.nn as nn
 
 from .. import allocation as alloc
 from ..config import PruneConfig
-from ..criteria.base import ScoreContext, get_criterion, register_criterion
+from ..criteria import get_criterion
+from ..criteria.attention import has_mseb_score
 from ..errors import ConfigError
 from ..graph import ChannelGroup
-from ..ucp.mseb import SCORES_ATTR, insert_mseb, mseb_modules, mseb_scores, strip_mseb
+from ..ucp.mseb import insert_mseb, mseb_scores, strip_mseb
+from .pipeline import PruneSession, run_pipeline
+from .registry import register_method
 
 STRUCTURES = ("auto", "basic", "bottleneck")
 STAGE_SCORES = ("mseb", "l1")
@@ -92,27 +95,6 @@ class UCPConfig(PruneConfig):
         return None if self.rule == "mean" else super().target
 
 
-@register_criterion("mseb")
-def mseb(group: ChannelGroup, ctx: ScoreContext) -> torch.Tensor:
-    """Σ over the group's producers of their mean excitation I_j (UCP): live MSEBs, or the scores strip_mseb left."""
-    stored = getattr(ctx.model, SCORES_ATTR, None)
-    if stored is None:
-        stored = {name: block.mseb for name, block in mseb_modules(ctx.model)}
-        if stored:
-            raise ConfigError("the model carries MSEBs but no scores; compute them with mseb_scores() and "
-                              "strip_mseb(model, scores), or use UCPConfig.")
-    total, found = torch.zeros(group.channels, dtype=torch.float64), False
-    for member in group.producers:
-        if stored and member.name in stored:
-            values = stored[member.name].double().cpu()[torch.as_tensor(member.idxs)]
-            total += group.reduce(member, values, "sum")
-            found = True
-    if not found:
-        raise ConfigError(f"group {group.name!r} has no MSEB score; the mseb criterion needs a model scored by UCP "
-                          "(UCPConfig, or chanprune.ucp.insert_mseb + training + mseb_scores + strip_mseb).")
-    return total
-
-
 def _kernel_area(module: nn.Module) -> int:
     k = getattr(module, "kernel_size", (1,))
     return int(torch.tensor(k).prod())
@@ -149,17 +131,17 @@ def mean_rule(scores: torch.Tensor, factor: float) -> int:
     return max(1, int((scores > factor * scores.mean()).sum()))
 
 
-def ucp_planner(session) -> dict[int, list[int]]:
+def ucp_planner(session: PruneSession) -> dict[int, list[int]]:
     """The UCP allocation and selection on a model that carries MSEB scores (see :func:`ucp`)."""
     config: UCPConfig = session.config
     groups = session.graph.groups
     structure = resolve_structure(groups, config.structure)
     session.notes["ucp_structure"] = structure
-    chosen = eligible(groups, structure)
+    chosen = [ok and has_mseb_score(g, session.work) for g, ok in zip(groups, eligible(groups, structure))]
     scores = []
-    for g in groups:
-        residual_l1 = config.stage_score == "l1" and _is_residual(g)
-        scores.append(get_criterion("l1" if residual_l1 else "mseb")(g, session.scores))
+    for g, ok in zip(groups, chosen):
+        name = "l1" if (config.stage_score == "l1" and _is_residual(g)) or not ok else "mseb"
+        scores.append(get_criterion(name)(g, session.scores))
     full = session.channels
     if config.rule == "mean":
         keep = [mean_rule(s, config.threshold_factor) if ok else n for s, ok, n in zip(scores, chosen, full)]
@@ -189,16 +171,17 @@ def _reinitialise(model: nn.Module) -> None:
     init_weights(model)
 
 
-def ucp(model: nn.Module, config: UCPConfig, data, example_inputs: torch.Tensor | None = None, *, run_default=None,
+@register_method(UCPConfig)
+def ucp(model: nn.Module, config: UCPConfig, data=None, example_inputs: torch.Tensor | None = None, *,
         checkpoint_dir=None) -> nn.Module:
-    """UCP end to end: MSEB training, scores, stage-uniform pruning through the default pipeline, recovery.
+    """UCP end to end: MSEB training, scores, the shared pipeline around :func:`ucp_planner`, then recovery.
 
-    ``run_default(model, config, data, example_inputs)`` is the shared plan → surgery → verify → recover →
-    record pipeline; the record gains the MSEB training and retraining history.
+    The record (``pruned.chanprune_history[-1]``) gains ``ucp``: the MSEB training and the retraining.
+    ``checkpoint_dir`` makes both trainings resumable.
     """
     from pathlib import Path
 
-    from ..api import _as_batches as as_batches
+    from ..calibration import as_batches
     from ..engine import TrainConfig, train
 
     if not hasattr(data, "loader"):
@@ -219,7 +202,7 @@ def ucp(model: nn.Module, config: UCPConfig, data, example_inputs: torch.Tensor 
     batches = as_batches(data, config.calibration, config.batch_size, config.seed)
     scores = mseb_scores(work, batches)
     plain = strip_mseb(work, scores, fold=True)
-    pruned = run_default(plain, config, data, example_inputs)
+    pruned = run_pipeline(plain, config, data, example_inputs, ucp_planner)
     if config.recovery in ("scratch", "finetune"):
         if config.recovery == "scratch":
             _reinitialise(pruned)
