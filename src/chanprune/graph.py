@@ -330,9 +330,8 @@ class PruningGraph:
                 if id(member.module) in seen:
                     continue
                 seen.add(id(member.module))
-                node = self.dg.module2node.get(member.module)
-                successors = [n.module for n in node.outputs] if node is not None else []
-                if len(successors) == 1 and isinstance(successors[0], _NORM_TYPES):
+                successors = self.successors(member.module)
+                if len(successors) == 1 and isinstance(successors[0].module, _NORM_TYPES):
                     out.append((member.module, member.name))
         return out
 

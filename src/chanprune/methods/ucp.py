@@ -100,15 +100,11 @@ def _kernel_area(module: nn.Module) -> int:
     return int(torch.tensor(k).prod())
 
 
-def _is_residual(group: ChannelGroup) -> bool:
-    return len(group.producers) > 1
-
-
 def resolve_structure(groups: list[ChannelGroup], structure: str) -> str:
     """``auto``: bottleneck when the producers of the residual groups are mostly 1×1 convs, else basic."""
     if structure != "auto":
         return structure
-    residual = [m for g in groups if _is_residual(g) for m in g.producers]
+    residual = [m for g in groups if g.is_residual for m in g.producers]
     ones = sum(_kernel_area(m.module) == 1 for m in residual)
     return "bottleneck" if residual and ones > len(residual) / 2 else "basic"
 
@@ -121,8 +117,8 @@ def eligible(groups: list[ChannelGroup], structure: str) -> list[bool]:
     """
     if structure == "basic":
         return [True] * len(groups)
-    residual_writers = {id(m.module) for g in groups if _is_residual(g) for m in g.producers}
-    return [not _is_residual(g) and all(_kernel_area(m.module) > 1 for m in g.producers)
+    residual_writers = {id(m.module) for g in groups if g.is_residual for m in g.producers}
+    return [not g.is_residual and all(_kernel_area(m.module) > 1 for m in g.producers)
             and bool(g.consumers) and all(id(c.module) in residual_writers for c in g.consumers) for g in groups]
 
 
@@ -140,7 +136,7 @@ def ucp_planner(session: PruneSession) -> dict[int, list[int]]:
     chosen = [ok and has_mseb_score(g, session.work) for g, ok in zip(groups, eligible(groups, structure))]
     scores = []
     for g, ok in zip(groups, chosen):
-        name = "l1" if (config.stage_score == "l1" and _is_residual(g)) or not ok else "mseb"
+        name = "l1" if (config.stage_score == "l1" and g.is_residual) or not ok else "mseb"
         scores.append(get_criterion(name)(g, session.scores))
     full = session.channels
     if config.rule == "mean":
