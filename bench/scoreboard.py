@@ -116,7 +116,9 @@ FULL_MODEL = "resnet20_fashion_mnist"
 EXTENDED = ["tp.l2", "tp.l1_global", "tp.fpgm", "tp.bn_scale", "tp.hessian", "ours.hrank", "ours.l1+compensate"]
 
 # chanprune re-implementations of criteria that Torch-Pruning ships itself: compared through Torch-Pruning's code.
-OURS_SKIP = {"l1", "l2", "fpgm", "bn_scale", "taylor", "random"}
+# cacp returns a family of models from one search and ucp trains (MSEBs, then retraining): both have their own
+# benchmarks (bench/cacp.py, bench/ucp.py) instead of a row in this one-model, no-training table.
+OURS_SKIP = {"l1", "l2", "fpgm", "bn_scale", "taylor", "random", "cacp", "ucp"}
 # Extra chanprune variants beyond each registered method's default config: (id, registered method, overrides).
 OURS_VARIANTS = [
     ("ours.hierarchical+compensate", "hierarchical", {"recover": "compensate"}),
