@@ -5,4 +5,4 @@ plus its line below.
 """
 from .registry import METHODS, handler_for, register_method  # noqa: F401
 from .pipeline import PruneSession, register_planner, run_pipeline  # noqa: F401
-from . import criterion, hierarchical, cp, cap, cacp, ucp  # noqa: F401  (registration)
+from . import criterion, hierarchical, cp, cap, cacp, ucp, partition  # noqa: F401  (registration)
