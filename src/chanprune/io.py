@@ -18,8 +18,8 @@ its scheme, rank and its two parts (each a Conv2d or Linear entry); its parts ge
                        "layers": [{"type": "Conv2d", ..., "out_channels": 5}, {"type": "Conv2d", "in_channels": 5, ...}]}
 
 ``load`` rebuilds the registered model from ``name`` and ``kwargs``, replaces every layer listed
-in ``layers`` by a fresh one with the recorded (possibly pruned) shape (a ``LowRank`` entry replaces
-the builder's Conv2d or Linear of that name), checks the weights file
+in ``layers`` by a fresh one with the recorded (possibly pruned) shape (a ``LowRank``, ``BlockLinear`` or ``GroupedConv2d`` entry
+replaces the builder's Conv2d or Linear of that name), checks the weights file
 against the recorded size, SHA-256, tensor names, shapes and dtypes, and loads it with
 ``load_state_dict(strict=True)``. Nothing in either file is executed. The weights file is written
 first and the JSON (which holds its hash) last, each through an atomic rename, so the JSON is
@@ -44,6 +44,7 @@ from . import models as _models  # registers the zoo
 from ._atomic import atomic_path
 from .errors import LoadError, ModelError
 from .lowrank.modules import SCHEMES as _LOWRANK_SCHEMES, LowRank
+from .partition.modules import BlockLinear, GroupedConv2d
 
 __all__ = ["save", "load", "read_spec", "spec_from_model", "FORMAT", "VERSION", "LAYER_TYPES"]
 
@@ -128,6 +129,26 @@ def _build_lowrank(cls: type, s: dict, factory: dict) -> nn.Module:
     return cls(s["scheme"], *parts)
 
 
+def _blocklinear_spec(m: nn.Module) -> dict:
+    return {"in_sizes": list(m.in_sizes), "out_sizes": list(m.out_sizes), "pairs": [list(pq) for pq in m.pairs],
+            "bias": m.blocks[m.pairs.index((0, 0))].bias is not None, "masked": m.masked,
+            "in_index": m.in_index is not None, "out_index": m.out_index is not None}
+
+
+def _build_blocklinear(cls: type, s: dict, factory: dict) -> nn.Module:
+    return cls(s["in_sizes"], s["out_sizes"], s["pairs"], bias=s["bias"], masked=s["masked"],
+               in_index=s["in_index"], out_index=s["out_index"], **factory)
+
+
+def _groupedconv_spec(m: nn.Module) -> dict:
+    return {"conv": {"type": "Conv2d", **_conv_spec(m.conv, 2)},
+            "in_index": m.in_index is not None, "out_index": m.out_index is not None}
+
+
+def _build_groupedconv(cls: type, s: dict, factory: dict) -> nn.Module:
+    return cls(_build_conv(nn.Conv2d, s["conv"], factory), in_index=s["in_index"], out_index=s["out_index"])
+
+
 # type name -> (class, spec reader, builder). Exact classes only: a subclass is not recorded.
 LAYER_TYPES: dict[str, tuple[type, Callable[[nn.Module], dict], Callable[[type, dict, dict], nn.Module]]] = {
     "Conv1d": (nn.Conv1d, lambda m: _conv_spec(m, 1), _build_conv),
@@ -142,7 +163,11 @@ LAYER_TYPES: dict[str, tuple[type, Callable[[nn.Module], dict], Callable[[type, 
     "GroupNorm": (nn.GroupNorm, _groupnorm_spec,
                   lambda c, s, f: c(s["num_groups"], s["num_channels"], eps=s["eps"], affine=s["affine"], **f)),
     "LowRank": (LowRank, _lowrank_spec, _build_lowrank),
+    "BlockLinear": (BlockLinear, _blocklinear_spec, _build_blocklinear),
+    "GroupedConv2d": (GroupedConv2d, _groupedconv_spec, _build_groupedconv),
 }
+# layers that hold their parts in their own entry, and the builder layers each may stand in for
+_COMPOSITE = {"LowRank": (), "BlockLinear": (nn.Linear,), "GroupedConv2d": (nn.Conv2d,)}
 _CLASS_TO_TYPE = {cls: name for name, (cls, _, _) in LAYER_TYPES.items()}
 
 
@@ -151,10 +176,11 @@ def spec_from_model(model: nn.Module) -> dict:
 
     Attributes are read from the modules as they are now (after pruning), e.g. a depthwise conv
     pruned by torch-pruning reports its updated ``groups``. Modules shared under several names
-    are recorded once, under the first name. A ``LowRank`` records its parts inside its own entry.
+    are recorded once, under the first name. A ``LowRank``, ``BlockLinear`` or ``GroupedConv2d``
+    records its parts inside its own entry.
     """
     layers: dict[str, dict] = {}
-    inside: list[str] = []  # prefixes of LowRank modules: their parts are in the LowRank's entry
+    inside: list[str] = []  # prefixes of composite modules: their parts are in the composite's entry
     for name, module in model.named_modules():
         if any(name.startswith(p) for p in inside):
             continue
@@ -162,7 +188,7 @@ def spec_from_model(model: nn.Module) -> dict:
         if type_name is None:
             continue
         layers[name] = {"type": type_name, **LAYER_TYPES[type_name][1](module)}
-        if type_name == "LowRank":
+        if type_name in _COMPOSITE:
             inside.append(f"{name}." if name else "")
     return layers
 
@@ -338,6 +364,36 @@ _LAYER_FIELDS = {
 _LAYER_FIELDS["Conv2d"] = _LAYER_FIELDS["Conv1d"]
 _LAYER_FIELDS["BatchNorm1d"] = _LAYER_FIELDS["BatchNorm2d"]
 _LAYER_FIELDS["LowRank"] = ("scheme", "rank", "layers")
+_LAYER_FIELDS["BlockLinear"] = ("in_sizes", "out_sizes", "pairs", "bias", "masked", "in_index", "out_index")
+_LAYER_FIELDS["GroupedConv2d"] = ("conv", "in_index", "out_index")
+
+
+def _check_partitioned(c: _Checker, ctx: str, t: str, s: dict) -> None:
+    """A BlockLinear (P part sizes each side, distinct in-range blocks with every diagonal one) or a
+    GroupedConv2d (a Conv2d entry)."""
+    for key in ("in_index", "out_index") + (("bias", "masked") if t == "BlockLinear" else ()):
+        c.bool_(f"{ctx} {key}", s[key])
+    if t == "GroupedConv2d":
+        if not isinstance(s["conv"], dict) or s["conv"].get("type") != "Conv2d":
+            raise c.fail(f"{ctx} conv must be a Conv2d entry, got {_short(s['conv'])}")
+        _check_layer(c, f"{ctx} conv", s["conv"], nested=True)
+        return
+    sizes = []
+    for key in ("in_sizes", "out_sizes"):
+        v = s[key]
+        if not isinstance(v, list) or not 1 <= len(v) <= 4096:
+            raise c.fail(f"{ctx} {key} must be a list of 1-4096 part sizes, got {_short(v)}")
+        sizes.append([c.int_in(f"{ctx} {key}", x, 1, _MAX_COUNT) for x in v])
+    parts = len(sizes[0])
+    if len(sizes[1]) != parts:
+        raise c.fail(f"{ctx} has {parts} input parts but {len(sizes[1])} output parts")
+    pairs = s["pairs"]
+    if not isinstance(pairs, list) or not all(isinstance(pq, list) and len(pq) == 2 for pq in pairs) \
+            or len(pairs) > parts * parts:
+        raise c.fail(f"{ctx} pairs must be a list of [p, q] blocks, got {_short(pairs)}")
+    seen = {(c.int_in(f"{ctx} pairs", p, 0, parts - 1), c.int_in(f"{ctx} pairs", q, 0, parts - 1)) for p, q in pairs}
+    if len(seen) != len(pairs) or any((p, p) not in seen for p in range(parts)):
+        raise c.fail(f"{ctx} pairs must be distinct and include every diagonal block")
 
 
 def _check_lowrank(c: _Checker, ctx: str, s: dict) -> None:
@@ -374,13 +430,15 @@ def _check_lowrank(c: _Checker, ctx: str, s: dict) -> None:
 def _check_layer(c: _Checker, name: str, s: Any, nested: bool = False) -> None:
     ctx = name if nested else f"layer {_short(name)}"
     if not isinstance(s, dict) or not isinstance(s.get("type"), str) or s["type"] not in LAYER_TYPES \
-            or (nested and s["type"] == "LowRank"):
+            or (nested and s["type"] in _COMPOSITE):
         t = s.get("type") if isinstance(s, dict) else s
         raise c.fail(f"{ctx} has unsupported type {_short(t)} (expected one of {', '.join(LAYER_TYPES)})")
     t = s["type"]
     c.keys(ctx, s, ("type",) + _LAYER_FIELDS[t])
     if t == "LowRank":
         _check_lowrank(c, ctx, s)
+    if t in ("BlockLinear", "GroupedConv2d"):
+        _check_partitioned(c, ctx, t, s)
     if t in ("Conv1d", "Conv2d"):
         nd = 1 if t == "Conv1d" else 2
         cin = c.int_in(f"{ctx} in_channels", s["in_channels"], 1, _MAX_COUNT)
@@ -633,7 +691,8 @@ def _rebuild(doc: dict, tensors: dict[str, torch.Tensor], c: _Checker) -> nn.Mod
         except AttributeError:
             raise c.fail(f"layer {_short(lname)} does not exist in model {_short(name)}") from None
         cls, read, build = LAYER_TYPES[ls["type"]]
-        replaces = (cls, _LOWRANK_SCHEMES[ls["scheme"]]) if cls is LowRank else (cls,)  # a factorised conv/Linear
+        # a factorised or partitioned layer stands in for the builder's Conv2d or Linear
+        replaces = (cls, _LOWRANK_SCHEMES[ls["scheme"]]) if cls is LowRank else (cls,) + _COMPOSITE.get(ls["type"], ())
         if type(old) not in replaces:
             raise c.fail(f"layer {_short(lname)} is a {ls['type']} in the spec but a {type(old).__name__} "
                          f"in model {_short(name)}")
