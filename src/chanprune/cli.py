@@ -1,4 +1,4 @@
-"""The ``chanprune`` command: train | evaluate | analyze | prune | cacp | finetune | trp | decompose | info | bench | export | demo.
+"""The ``chanprune`` command: train | evaluate | analyze | prune | cacp | ucp | partition | finetune | trp | decompose | info | bench | export | demo.
 
 Every command prints a table and writes a JSON record (model, data, method, config, seed, MACs,
 params, accuracy, latency, wall time, versions). Errors chanprune raises on purpose are printed as
@@ -487,6 +487,29 @@ def ucp(model: str = typer.Argument(..., help="saved model stem"), data: str = t
                     mseb_epochs=mseb_epochs, recovery=recovery, retrain_epochs=retrain_epochs, limit_train=limit, seed=seed)
     net, bundle = _model_and_data(model, data, root)
     run_prune(net, bundle, cfg, finetune_epochs=0, finetune_limit=None, out=Path(out), label="ucp", test_limit=test_limit)
+
+
+@app.command("partition")
+def partition_cmd(model: str = typer.Argument(..., help="saved model stem"), data: str = typer.Option("fashion_mnist"),
+                  root: Optional[str] = typer.Option(None), parts: int = typer.Option(2, "--parts", "-P", help="P, the number of devices"),
+                  layers: Optional[str] = typer.Option(None, help="comma-separated run of layer names (default: every Linear but the last)"),
+                  mode: str = typer.Option("block_diagonal", help="block_diagonal | block_topk | balanced"),
+                  assignment: str = typer.Option("contiguous", help="contiguous | energy"),
+                  budget: float = typer.Option(0.25, help="block_topk: fraction of the all-to-all traffic allowed"),
+                  recover: str = typer.Option("none", help="none | compensate | bn | compensate+bn"),
+                  calibration: int = typer.Option(256, help="calibration images"),
+                  finetune_epochs: float = typer.Option(0.0), finetune_limit: Optional[int] = typer.Option(None),
+                  test_limit: Optional[int] = typer.Option(None, help="evaluate on a fixed stratified test subset of this size"),
+                  seed: int = typer.Option(0), out: str = typer.Option("runs/partition")):
+    """Partition pruning: cut a run of layers into P independent blocks, measure it, save it."""
+    from .partition import PartitionConfig
+
+    names = tuple(n.strip() for n in layers.split(",") if n.strip()) if layers else ()
+    cfg = PartitionConfig(parts=parts, layers=names, mode=mode, assignment=assignment, budget=budget, recover=recover,
+                          calibration=calibration, seed=seed)
+    net, bundle = _model_and_data(model, data, root)
+    run_prune(net, bundle, cfg, finetune_epochs=finetune_epochs, finetune_limit=finetune_limit, out=Path(out),
+              label=f"partition P={parts} {mode}/{assignment}", test_limit=test_limit)
 
 
 # ------------------------------------------------------------------------------------------- finetune

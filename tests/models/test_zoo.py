@@ -43,7 +43,7 @@ def _prune_quarter(model: nn.Module, example: torch.Tensor) -> int:
 
 def test_builtin_names():
     assert set(BUILTIN) == {"resnet20", "resnet32", "resnet56", "resnet110", "resnet29_bottleneck", "resnet38_bottleneck", "vgg16_bn", "mobilenetv2",
-                            "densenet40", "lenet5"}
+                            "densenet40", "lenet5", "tinyvgg"}
     assert list_models() == sorted(list_models())
     for name in BUILTIN:
         info = model_info(name)

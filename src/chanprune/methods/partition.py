@@ -64,6 +64,9 @@ class PartitionConfig(PruneConfig):
     """
 
     method: ClassVar[str] = "partition"
+    # not a MAC-target method, so not listed in chanprune.methods.METHODS (which `prune --method` and the
+    # scoreboard drive with MAC targets); `chanprune partition` is its command
+    generic: ClassVar[bool] = True
     parts: int = 2
     layers: tuple[str, ...] = ()
     mode: str = "block_diagonal"
