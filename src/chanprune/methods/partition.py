@@ -41,6 +41,7 @@ from ..calibration import as_batches, example_input
 from ..config import PruneConfig
 from ..cost import count
 from ..errors import ConfigError, VerificationError
+from ..graph import call_order
 from ..partition import assignment as assign
 from ..partition.modules import BlockLinear, GroupedConv2d
 from ..recovery import compensate, consumer_moments
@@ -105,23 +106,10 @@ class Run:
     conv: bool
 
 
-def _call_order(model: nn.Module, example: torch.Tensor) -> list[str]:
-    order: list[str] = []
-    handles = [m.register_forward_pre_hook(lambda _m, _i, n=n: order.append(n))
-               for n, m in model.named_modules() if n and not any(True for _ in m.children())]
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return order
-
-
 def find_run(model: nn.Module, names: Sequence[str], example: torch.Tensor) -> Run:
     """Check that ``names`` are consecutive Linear (or Conv2d) layers, each called once; return the run."""
     modules = dict(model.named_modules())
-    order = _call_order(model, example)
+    order = call_order(model, example)
     if not names:
         linears = [n for n in order if isinstance(modules[n], nn.Linear)]
         if len(linears) < 2:

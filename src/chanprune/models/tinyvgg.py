@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .registry import check_multiplier, init_weights, register_model
-from .vgg import SafeMaxPool2d, _scaled
+from .vgg import vgg_features
 
 __all__ = ["TinyVGG", "tinyvgg"]
 
@@ -29,16 +29,7 @@ class TinyVGG(nn.Module):
             raise ModelError(f"fc must be a positive integer (the width of the hidden FC layers), got {fc!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ModelError(f"dropout must lie in [0, 1), got {dropout!r}")
-        layers: list[nn.Module] = []
-        c_in = in_channels
-        for v in TINYVGG_CFG:
-            if v == "M":
-                layers.append(SafeMaxPool2d(2, 2))
-            else:
-                c_out = _scaled(int(v), width)
-                layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
-                c_in = c_out
-        self.features = nn.Sequential(*layers)
+        self.features, c_in = vgg_features(TINYVGG_CFG, in_channels, width)
         self.avgpool = nn.AdaptiveAvgPool2d(4)
         self.classifier = nn.Sequential(
             nn.Linear(c_in * 16, fc), nn.ReLU(), nn.Dropout(float(dropout)),

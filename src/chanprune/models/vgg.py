@@ -40,19 +40,25 @@ def _scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+def vgg_features(cfg, in_channels: int, width: float) -> tuple[nn.Sequential, int]:
+    """VGG's trunk from a config (channel counts and "M" for a 2×2 max pool): 3×3 conv, BN, ReLU per
+    entry; returns it and its output channel count."""
+    layers: list[nn.Module] = []
+    c_in = in_channels
+    for v in cfg:
+        if v == "M":
+            layers.append(SafeMaxPool2d(2, 2))
+        else:
+            c_out = _scaled(int(v), width)
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+            c_in = c_out
+    return nn.Sequential(*layers), c_in
+
+
 class VGG(nn.Module):
     def __init__(self, cfg=VGG16_CFG, num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        c_in = in_channels
-        for v in cfg:
-            if v == "M":
-                layers.append(SafeMaxPool2d(2, 2))
-            else:
-                c_out = _scaled(int(v), width)
-                layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
-                c_in = c_out
-        self.features = nn.Sequential(*layers)
+        self.features, c_in = vgg_features(cfg, in_channels, width)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_in, num_classes)
         init_weights(self, linear="normal")

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..graph import call_order
 from .modules import BlockLinear
 
 __all__ = ["PartitionedRun", "DistributedPartition", "Link", "run_distributed", "simulate"]
@@ -44,17 +45,9 @@ class PartitionedRun:
         if not blocks:
             raise ConfigError("the model has no partitioned Linear layers; partition it first "
                               "(chanprune.prune(model, PartitionConfig(parts=P))).")
-        order: list[str] = []
         inside = tuple(f"{b}." for b in blocks)
-        handles = [m.register_forward_pre_hook(lambda _m, _i, n=n: order.append(n))
-                   for n, m in modules.items()
-                   if n and (n in blocks or (not any(True for _ in m.children()) and not n.startswith(inside)))]
-        try:
-            with torch.no_grad():
-                model.eval()(example)
-        finally:
-            for h in handles:
-                h.remove()
+        order = call_order(model, example, lambda n, m: n in blocks or (
+            not any(True for _ in m.children()) and not n.startswith(inside)))
         first = next(i for i, n in enumerate(order) if n in blocks)
         last = max(i for i, n in enumerate(order) if n in blocks)
         self.names = [n for n in order[first:last + 1] if n in blocks]
