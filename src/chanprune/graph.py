@@ -373,23 +373,3 @@ def lowest(scores: torch.Tensor, count: int) -> list[int]:
         return []
     order = torch.argsort(scores.detach().double().cpu(), stable=True)
     return sorted(order[:count].tolist())
-
-
-def call_order(model: nn.Module, example: torch.Tensor, keep: Callable[[str, nn.Module], bool] | None = None) -> list[str]:
-    """Names of the modules in the order one eval-mode forward calls them (repeated where called again).
-
-    ``keep(name, module)`` picks the modules to record; by default every leaf module (one without children).
-    """
-    keep = keep or (lambda _n, m: not any(True for _ in m.children()))
-    order: list[str] = []
-    handles = [m.register_forward_pre_hook(lambda _m, _i, n=n: order.append(n))
-               for n, m in model.named_modules() if n and keep(n, m)]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return order

@@ -51,3 +51,23 @@ def test_simulation_adds_link_time_to_the_slowest_chain(model_and_input):
     assert sim["links"]["slow"]["total_s"] == pytest.approx(chain + expected)
     with torch.no_grad():  # the run object reproduces the model's own run
         assert torch.allclose(run.single(feats), torch.nn.Sequential(*run.modules)(feats))
+
+
+def test_runtime_refuses_a_run_with_a_functional_operation_inside():
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(8, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.c(self.b(F.relu(self.a(x))))  # the ReLU is no module: a split would skip it
+
+    torch.manual_seed(0)
+    net = Functional().eval()
+    x = torch.randn(4, 8)
+    cut = chanprune.prune(net, PartitionConfig(parts=2), data=(x, torch.zeros(4).long()))
+    with pytest.raises(ConfigError, match="not a plain chain"):
+        PartitionedRun(cut, x)

@@ -41,11 +41,10 @@ from ..calibration import as_batches, example_input
 from ..config import PruneConfig
 from ..cost import count
 from ..errors import ConfigError, VerificationError
-from ..graph import call_order
 from ..partition import assignment as assign
 from ..partition.modules import BlockLinear, GroupedConv2d
 from ..recovery import compensate, consumer_moments
-from ..recovery.stats import columns, weight_matrix
+from ..recovery.stats import call_order, columns, weight_matrix
 from .registry import register_method
 
 MODES = ("block_diagonal", "block_topk", "balanced")
@@ -109,7 +108,8 @@ class Run:
 def find_run(model: nn.Module, names: Sequence[str], example: torch.Tensor) -> Run:
     """Check that ``names`` are consecutive Linear (or Conv2d) layers, each called once; return the run."""
     modules = dict(model.named_modules())
-    order = call_order(model, example)
+    calls, count = call_order(model, example)
+    order = [n for n in calls if not any(True for _ in modules[n].children())]  # leaves, by first call
     if not names:
         linears = [n for n in order if isinstance(modules[n], nn.Linear)]
         if len(linears) < 2:
@@ -123,8 +123,8 @@ def find_run(model: nn.Module, names: Sequence[str], example: torch.Tensor) -> R
             raise ConfigError(f"layer {n!r} is a {type(modules[n]).__name__}; partition takes Linear and Conv2d layers.")
         if isinstance(modules[n], nn.Conv2d) and modules[n].groups != 1:
             raise ConfigError(f"layer {n!r} is already a grouped convolution (groups={modules[n].groups}); leave it out.")
-        if order.count(n) != 1:
-            raise ConfigError(f"layer {n!r} is called {order.count(n)} times per forward; partition needs layers called once.")
+        if count.get(n, 0) != 1:
+            raise ConfigError(f"layer {n!r} is called {count.get(n, 0)} times per forward; partition needs layers called once.")
     names = sorted(dict.fromkeys(names), key=order.index)
     conv = isinstance(modules[names[0]], nn.Conv2d)
     if any(isinstance(modules[n], nn.Conv2d) != conv for n in names):

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..graph import call_order
+from ..recovery.stats import call_order
 from .modules import BlockLinear
 
 __all__ = ["PartitionedRun", "DistributedPartition", "Link", "run_distributed", "simulate"]
@@ -46,8 +46,9 @@ class PartitionedRun:
             raise ConfigError("the model has no partitioned Linear layers; partition it first "
                               "(chanprune.prune(model, PartitionConfig(parts=P))).")
         inside = tuple(f"{b}." for b in blocks)
-        order = call_order(model, example, lambda n, m: n in blocks or (
-            not any(True for _ in m.children()) and not n.startswith(inside)))
+        calls, count = call_order(model, example)
+        order = [n for n in calls
+                 if n in blocks or (not any(True for _ in modules[n].children()) and not n.startswith(inside))]
         first = next(i for i, n in enumerate(order) if n in blocks)
         last = max(i for i, n in enumerate(order) if n in blocks)
         self.names = [n for n in order[first:last + 1] if n in blocks]
@@ -58,8 +59,8 @@ class PartitionedRun:
                 raise ConfigError(f"{n!r} ({type(m).__name__}) runs inside the partitioned run and has state; the "
                                   "distributed runtime takes one run of BlockLinear layers with only activations and "
                                   "dropout between them.")
-            if order.count(n) != 1:
-                raise ConfigError(f"{n!r} is called {order.count(n)} times per forward; the runtime needs a run called once.")
+            if count[n] != 1:
+                raise ConfigError(f"{n!r} is called {count[n]} times per forward; the runtime needs a run called once.")
         self.layers = [modules[n] for n in self.names]
         self.modules = [modules[n] for n in self.steps]
         for a, b in zip(self.layers, self.layers[1:]):
@@ -69,6 +70,11 @@ class PartitionedRun:
         self.parts = self.layers[0].parts
         self.in_sizes = self.layers[0].in_sizes
         self.out_sizes = self.layers[-1].out_sizes
+        with torch.no_grad():  # the model with its run done by this object must be the model
+            alone = replace_run(model, self.steps, _Single(self))(example)
+            if not torch.allclose(alone, model(example), rtol=1e-4, atol=1e-5):
+                raise ConfigError(f"the run {', '.join(map(repr, self.names))} is not a plain chain of modules in the "
+                                  "model's forward (a functional operation acts inside it); the runtime cannot split it.")
 
     def step_chain(self, p: int, x: torch.Tensor, exchange=None) -> torch.Tensor:
         """Part p of the run's output from part p of its input; ``exchange(layer, x_p)`` returns every
@@ -91,7 +97,40 @@ class PartitionedRun:
 
     def single(self, x: torch.Tensor) -> torch.Tensor:
         """The run in one process (what each step of the model does), for comparison."""
-        for module in self.modules:
+        return _Single(self)(x)
+
+
+def replace_run(model: nn.Module, steps: Sequence[str], entry: nn.Module) -> nn.Module:
+    """A shallow copy of ``model`` whose first step is ``entry`` and whose other steps are identities
+    (the parameters are shared, only the module paths down to the steps are copied)."""
+    import copy
+
+    local = copy.copy(model)
+    local._modules = dict(local._modules)
+
+    def put(name: str, module: nn.Module) -> None:
+        parts = name.split(".")
+        parent = local
+        for part in parts[:-1]:
+            child = copy.copy(parent._modules[part])
+            child._modules = dict(child._modules)
+            parent._modules[part] = child
+            parent = child
+        parent._modules[parts[-1]] = module
+
+    put(steps[0], entry)
+    for name in steps[1:]:
+        put(name, nn.Identity())
+    return local
+
+
+class _Single(nn.Module):
+    def __init__(self, run: PartitionedRun):
+        super().__init__()
+        self.steps = run.modules
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for module in self.steps:
             x = module(x)
         return x
 
@@ -135,29 +174,7 @@ class DistributedPartition:
         self.messages = 0
         if self.rank == 0:
             # the model as rank 0 runs it: the run's first layer becomes the distributed entry, the rest identity
-            self.local = self._with_entry()
-
-    def _with_entry(self) -> nn.Module:
-        import copy
-
-        local = copy.copy(self.model)
-        local._modules = dict(local._modules)
-        names = self.run_.steps
-
-        def put(name: str, module: nn.Module) -> None:
-            parts = name.split(".")
-            parent = local
-            for part in parts[:-1]:  # shallow-copy the path down to the parent
-                child = copy.copy(parent._modules[part])
-                child._modules = dict(child._modules)
-                parent._modules[part] = child
-                parent = child
-            parent._modules[parts[-1]] = module
-
-        put(names[0], _Entry(self))
-        for name in names[1:]:
-            put(name, nn.Identity())
-        return local
+            self.local = replace_run(self.model, self.run_.steps, _Entry(self))
 
     # -- the messages
     def _exchange(self, layer: BlockLinear, x: torch.Tensor) -> list[torch.Tensor]:
