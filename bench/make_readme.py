@@ -6,6 +6,8 @@ Sections are delimited by <!-- NAME:start --> / <!-- NAME:end --> markers:
   zoo        — checkpoints/*/record.json (written by bench/train_zoo.py)
   effective  — bench/results/effective_<model>.json (bench/effective_filters.py), plus PNG plots
   results    — bench/results/scoreboard_<checkpoint>.json (bench/scoreboard.py), plus bench/plots/scoreboard_*.png
+  protocol   — bench/results/zoo_protocol_{a,b}/ (python -m bench.scoreboard --zoo runs/zoo --protocol a, then b):
+               best chanprune vs best Torch-Pruning without a fine-tune and after the one-epoch fine-tune
   trp        — bench/results/trp_<model>.json (bench/trp.py)
   fresh      — bench/results/fresh_clone.json (bench/fresh_clone.py): the two set-up commands timed on a fresh clone
 A section whose sources are missing says so instead of showing numbers.
@@ -141,6 +143,25 @@ def results_section() -> str:
     docs = report.load_docs(RESULTS)
     plots = report.make_plots(docs, ROOT / "bench" / "plots") if docs else []
     return report.render_markdown(docs, plots, ROOT)
+
+
+def protocol_section() -> str:
+    """The recovery protocol on the retrained zoo (bench/scoreboard.py --protocol): (a) and (b) side by side."""
+    from bench import scoreboard_report as report
+
+    a_docs, b_docs = report.load_docs(RESULTS / "zoo_protocol_a"), report.load_docs(RESULTS / "zoo_protocol_b")
+    table = report.protocol_table(a_docs, b_docs)
+    if not table:
+        return "_Not run yet: `python -m bench.scoreboard --zoo runs/zoo --protocol a`, then `--protocol b`._"
+    rec, ft = a_docs[0]["recipe"], (b_docs[0]["recipe"]["finetune"] if b_docs else None)
+    how = (f"(a) every method, no fine-tune, BatchNorm re-estimated on the same {rec['calibration_images']:,} "
+           f"calibration images; (b) the two best chanprune and the two best Torch-Pruning rows of (a) at each model × "
+           f"target, fine-tuned " + (f"{ft['epochs']} epoch over the whole training split, lr {ft['lr']} {ft['schedule']}, "
+                                     f"seeds {', '.join(map(str, b_docs[0]['recipe']['seeds']))}" if ft else "(not run yet)")
+           + f". Accuracy on {a_docs[0]['rows'][0].get('test_images', rec['test_images']):,} test images. A tie: within "
+           "one binomial standard error of the difference without a fine-tune (shown in brackets), within the larger "
+           "seed std after it.")
+    return how + "\n\n" + table
 
 
 def trp_section() -> str:
@@ -328,7 +349,8 @@ def fresh_section() -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"zoo": zoo_section, "effective": effective_section, "results": results_section, "trp": trp_section, "recovery": recovery_section, "fresh": fresh_section}
+SECTIONS = {"zoo": zoo_section, "effective": effective_section, "results": results_section,
+            "protocol": protocol_section, "trp": trp_section, "recovery": recovery_section, "fresh": fresh_section}
 
 
 def main(argv: list[str] | None = None) -> int:

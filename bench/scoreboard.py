@@ -28,6 +28,7 @@ zoos and recipes never share a file:
     python -m bench.scoreboard --zoo runs/zoo --protocol a
     python -m bench.scoreboard --zoo runs/zoo --protocol b --finetune-device auto
     python -m bench.scoreboard --zoo runs/zoo --protocol c --finetune-device auto
+    python -m bench.make_readme protocol        # (a) and (b), best against best, into the README's protocol section
 
 Peers run through Torch-Pruning's own public API as its users call it: ``tp.pruner.BasePruner`` with
 ``tp.importance.*`` (Taylor gradients and Hessian per-sample gradients accumulated on the calibration images the

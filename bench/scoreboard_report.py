@@ -426,6 +426,31 @@ def closing_note(docs: list[dict]) -> str:
     return "**Closing note: where chanprune wins, ties and loses, as measured.**\n\n" + "\n\n".join(lines)
 
 
+def protocol_table(a_docs: list[dict], b_docs: list[dict]) -> str:
+    """Best chanprune row against best Torch-Pruning row per model × target under the recovery protocol:
+    (a) without a fine-tune (BatchNorm re-estimated; a tie within one binomial SE) and (b) after the one-epoch
+    fine-tune of the rows (a) selected (a tie within the larger seed std). Empty without (a) rows."""
+    b_by = {Path(d["checkpoint"]).name: d for d in b_docs}
+    lines = []
+    for a in a_docs:
+        b = b_by.get(Path(a["checkpoint"]).name)
+        after = {v["target"]: v.get("ft") for v in verdicts(b)} if b else {}
+        for v in verdicts(a):
+            x, y = v.get("no_ft"), after.get(v["target"])
+            cells = (["–"] * 3 if not x else [f"{x['ours']} {x['ours_acc']:.2f}", f"{x['tp']} {x['tp_acc']:.2f}",
+                                               f"**{x['verdict']}** (±{x['se']:.2f})"])
+            cells += (["–"] * 3 if not y else [f"{y['ours']} {y['ours_acc'][0]:.2f} ± {y['ours_acc'][1]:.2f}",
+                                               f"{y['tp']} {y['tp_acc'][0]:.2f} ± {y['tp_acc'][1]:.2f}",
+                                               f"**{y['verdict']}**"])
+            lines.append(f"| {_label(a)} | {a['dense']['accuracy']:.2f} | {100 * v['target']:.0f}% | "
+                         + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    return ("| model | dense | MACs kept | (a) best chanprune | (a) best Torch-Pruning | (a) verdict | "
+            "(b) best chanprune | (b) best Torch-Pruning | (b) verdict |\n|---|---|---|---|---|---|---|---|---|\n"
+            + "\n".join(lines))
+
+
 def render_markdown(docs: list[dict], plots: list[Path] | None = None, root: Path = ROOT) -> str:
     """The README's Results/scoreboard section, from the full-run JSON (see make_readme.py)."""
     if not docs:

@@ -121,3 +121,15 @@ def test_hierarchical_standing_names_the_row_ahead(sb, report):
     assert report.hierarchical_standing(doc, 0.5) == ("loss", "ours.cap", pytest.approx(1.0))
     assert report.hierarchical_standing(doc, 0.33)[0] == "tie"
     assert "best or within the seed spread of the best at 1 of 2" in report.closing_note([doc])
+
+
+def test_protocol_table_puts_a_and_b_side_by_side(sb, report):
+    a = _doc(sb, [_row("ours.cap", "chanprune", 0.5, None, nf=90.0), _row("tp.l1", "torch-pruning", 0.5, None, nf=80.0),
+                  _row("ours.cap", "chanprune", 0.25, None, nf=60.0), _row("tp.l1", "torch-pruning", 0.25, None, nf=60.5)])
+    b = _doc(sb, [_row("ours.cap", "chanprune", 0.5, 92.0, nf=90.0, std=0.3),
+                  _row("tp.l1", "torch-pruning", 0.5, 91.8, nf=80.0, std=0.1)])
+    table = report.protocol_table([a], [b]).splitlines()
+    assert len(table) == 4   # header, rule, one line per target of (a)
+    assert "| 50% | ours.cap 90.00 | tp.l1 80.00 | **win**" in table[2] and "**tie** |" in table[2]
+    assert "| 25% |" in table[3] and "**tie** (±" in table[3] and table[3].endswith("| – | – | – |")
+    assert report.protocol_table([], [b]) == ""
