@@ -171,7 +171,9 @@ class Bench:
         self.record = json.loads(record_path.read_text()) if record_path.exists() else {}
         spec = json.loads((where / "model.json").read_text())
         self.model_kwargs = spec.get("kwargs", spec.get("model_kwargs", self.record.get("model_kwargs", {})))
-        self.data_name = data_name or self.record.get("data") or folder.split("_", 1)[1]
+        self.data_name = data_name or self.record.get("data")
+        if not self.data_name:
+            raise ValueError(f"{record_path} names no data set; pass data_name (e.g. 'fashion_mnist').")
         self.data = chanprune.load_data(self.data_name)
         self.dense = chanprune.load(where / "model").eval()
         self.num_classes = self.data.num_classes
