@@ -6,7 +6,12 @@
 * :mod:`.assignment` — contiguous and energy assignments of neurons to parts;
 * :mod:`.runtime` — the same model on P processes with ``torch.distributed``, and the P-device simulation.
 """
-from ..methods.partition import PartitionConfig, find_run, partition  # noqa: F401
-from .modules import BlockLinear, GroupedConv2d  # noqa: F401
+from .._lazy import lazy_exports as _lazy_exports
 
-__all__ = ["BlockLinear", "GroupedConv2d", "PartitionConfig", "find_run", "partition"]
+# chanprune.methods.partition imports this package's submodules, so its names load on first use: importing them
+# here would make ``import chanprune.methods`` a circle.
+__all__, __getattr__, __dir__ = _lazy_exports("chanprune.partition", {
+    "BlockLinear": "chanprune.partition.modules", "GroupedConv2d": "chanprune.partition.modules",
+    "PartitionConfig": "chanprune.methods.partition", "find_run": "chanprune.methods.partition",
+    "partition": "chanprune.methods.partition",
+})
