@@ -550,6 +550,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--out", help="results folder for --protocol (default: bench/results/<zoo>_protocol_<p>)")
     p.add_argument("--select-from", help="results folder of the protocol that (b)/(c) pick rows from "
                                          "(default: bench/results/<zoo>_protocol_<a or b>)")
+    p.add_argument("--calibration-images", type=int,
+                   help="calibration images for every method and the BatchNorm re-estimation (default: the recipe's, "
+                        "512 for the original run, 2,000 for --protocol); recorded in each file's recipe")
     p.add_argument("--no-round-to", action="store_true", help="skip the round_to study")
     p.add_argument("--only-round-to", action="store_true", help="run only the round_to study")
     p.add_argument("--list", action="store_true", help="list the methods and exit")
@@ -751,6 +754,8 @@ def _main(args: argparse.Namespace, argv: list[str], finetune_device: str) -> in
             return 2
     if args.targets:
         targets = [float(t) for t in args.targets.split(",")]
+    if args.calibration_images is not None:
+        recipe["calibration_images"] = args.calibration_images
     if args.seeds and "seeds" in recipe:
         recipe["seeds"] = [int(s) for s in args.seeds.split(",")]
     if wanted is not None:
@@ -779,6 +784,13 @@ def _main(args: argparse.Namespace, argv: list[str], finetune_device: str) -> in
             except FileNotFoundError as exc:
                 print(f"[scoreboard] {folder}: {exc}", file=sys.stderr)
                 return 2
+            if source is not None:  # a fine-tuned row must be the same pruned model as the row it was picked from
+                picked_with = json.loads(source.read_text())["recipe"]["calibration_images"]
+                if args.calibration_images not in (None, picked_with):
+                    print(f"[scoreboard] {folder}: the rows were picked from a run with {picked_with} calibration "
+                          f"images; drop --calibration-images or pass {picked_with}.", file=sys.stderr)
+                    return 2
+                recipe["calibration_images"] = picked_with
         else:
             path = results_path(folder, args.quick)
             jobs = [(t, m, None, True) for t in targets for m in methods]

@@ -121,13 +121,13 @@ def test_protocol_b_needs_the_rows_it_picks_from(sb, tmp_path, capsys):
 def test_protocols_a_then_b_on_a_tiny_zoo(sb, report, tiny_zoo, tmp_path, monkeypatch):
     """(a) scores every method without a fine-tune; (b) fine-tunes the two best of each family with every seed,
     in its own file, and a rerun of either computes nothing."""
-    monkeypatch.setitem(sb.PROTOCOL_RECIPE, "calibration_images", 64)
     monkeypatch.setitem(sb.PROTOCOL_RECIPE, "test_images", 200)
     monkeypatch.setitem(sb.PROTOCOL_RECIPE, "latency", {**sb.RECIPE["latency"], "repeats": 2, "warmup": 1})
     monkeypatch.setitem(sb.PROTOCOL_RECIPE, "finetune",
                         {**sb.PROTOCOL_RECIPE["finetune"], "train_images": 128, "batch_size": 64})
     monkeypatch.setitem(sb.PROTOCOL_RECIPE, "seeds", [0, 1])
     common = ["--zoo", str(tiny_zoo), "--models", "resnet20_digits", "--targets", "0.5", "--finetune-device", "cpu",
+              "--calibration-images", "64",
               "--methods", "tp.l1_global,tp.l2_global,tp.l2_isomorphic,ours.hierarchical+compensate,"
                            "ours.hierarchical+compensate+exceed,ours.l1+compensate,ours.cap"]
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
@@ -139,7 +139,10 @@ def test_protocols_a_then_b_on_a_tiny_zoo(sb, report, tiny_zoo, tmp_path, monkey
                for f in ("chanprune", "torch-pruning"))
     assert all(r["bn_images"] == 64 and r["test_images"] == 200 for r in a["rows"] if r["status"] == "ok")
 
-    assert sb.main(common + ["--protocol", "b", "--out", str(b_dir), "--select-from", str(a_dir)]) == 0
+    wrong = [a for a in common if a not in ("--calibration-images", "64")] + ["--calibration-images", "32"]
+    assert sb.main(wrong + ["--protocol", "b", "--out", str(b_dir), "--select-from", str(a_dir)]) == 2
+    b_args = [a for a in common if a not in ("--calibration-images", "64")]   # (b) takes (a)'s 64 images itself
+    assert sb.main(b_args + ["--protocol", "b", "--out", str(b_dir), "--select-from", str(a_dir)]) == 0
     b = json.loads((b_dir / "scoreboard_resnet20_digits.json").read_text())
     chosen = {m for s in b["selection"] for m in s["chosen"]}
     want = {m for s in sb.select_rows(a["rows"], 2, "no_ft") for m in s["chosen"]}
@@ -149,6 +152,7 @@ def test_protocols_a_then_b_on_a_tiny_zoo(sb, report, tiny_zoo, tmp_path, monkey
         assert r["selected_from"]["same_macs"] and r["latency"] == next(x["latency"] for x in a["rows"]
                                                                          if x["key"] == r["key"])
     assert b["recipe"]["finetune"]["epochs"] == 1 and b["recipe"]["finetune"]["train_images"] == 128
+    assert b["recipe"]["calibration_images"] == 64 and all(r["bn_images"] == 64 for r in b["rows"])
     assert report.verdicts(b)[0]["ft"]["verdict"] in ("win", "tie", "loss")
 
     assert sb.main(common + ["--protocol", "b", "--out", str(b_dir), "--select-from", str(a_dir)]) == 0
