@@ -1,0 +1,236 @@
+"""Issue 19 benchmark: one conditional CACP search exported at 5 rates vs a dedicated search per rate vs bisection.
+
+    OMP_NUM_THREADS=1 python bench/cacp.py                 # writes bench/results/cacp_resnet20.json
+    OMP_NUM_THREADS=1 python bench/cacp.py --report        # README table + plot from the JSON only
+
+On the shipped ResNet-20 Fashion-MNIST checkpoint (the *old* under-trained one: 3 epochs on 30,000 images;
+the retrained zoo is not ready yet), rates are fractions of the dense MACs KEPT:
+  cacp           one conditional search over the support rates 0.3/0.5/0.7 (``--warmup`` random + ``--episodes``
+                 training episodes in all), exported with the noise-free actor at 0.3, 0.4, 0.5, 0.6, 0.7 (two rates
+                 between the support points), and at the support rates also the best episode the search saw.
+  amc            the same DDPG without the rate input (AMC mode, ``conditional=False``), one search per rate with
+                 the same episode budget as the whole conditional search; its best episode and its actor.
+  uniform, global, hierarchical
+                 chanprune's MAC-target bisection: L1 with uniform or global allocation, hierarchical (proportional
+                 allocation, pivoted Cholesky); every one with the same closed-form consumer refit.
+Every model has the same recovery (recover='compensate' from the same 256 calibration images) and no
+fine-tune. Accuracy is on a fixed stratified subset of the test split (``--test-limit``); the searches
+reward accuracy on 256 training images disjoint from the calibration images and never read the test split.
+Search wall time is measured in this process with 1 thread. Each finished row is written to the JSON at
+once and skipped when the script runs again (policies under runs/bench_cacp/), so a killed run resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import chanprune
+from chanprune._atomic import write_text_atomic
+from chanprune.criteria import L1Config
+from chanprune.errors import ChanpruneError
+from chanprune.methods.cacp import CACPConfig, CACPFamily, CACPPolicy, search
+from chanprune.methods.hierarchical import HierarchicalConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+RUNS = ROOT / "runs" / "bench_cacp"
+SUPPORT = (0.3, 0.5, 0.7)
+EXPORT = (0.3, 0.4, 0.5, 0.6, 0.7)
+CHECKPOINT_NOTE = ("the shipped checkpoint is the old under-trained one (3 epochs on 30,000 training images); "
+                   "the retrained zoo was not ready when this ran")
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.path = RESULTS / f"cacp_{args.model}.json"
+        self.runs = RUNS / args.model
+        self.doc = json.loads(self.path.read_text()) if self.path.exists() else {"rows": {}}
+        self.doc["setup"] = {
+            "checkpoint": f"checkpoints/{args.model}_fashion_mnist/model", "checkpoint_note": CHECKPOINT_NOTE,
+            "rate_convention": "fraction of the dense model's MACs kept",
+            "support": list(SUPPORT), "export": list(EXPORT), "warmup": args.warmup, "episodes": args.episodes,
+            "episodes_note": "per search: the conditional search spreads them over the 3 support rates, each dedicated search spends them on its one rate",
+            "val_images": args.val_images, "calibration": 256, "test_images": args.test_limit, "threads": torch.get_num_threads(),
+            "recover": "compensate", "finetune": None,
+            "command": f"OMP_NUM_THREADS=1 python bench/cacp.py --model {args.model} --warmup {args.warmup} --episodes {args.episodes} "
+                       f"--val-images {args.val_images} --test-limit {args.test_limit}",
+            "machine": platform.machine(), "torch": torch.__version__,
+        }
+        self.data = None
+        self.model = None
+
+    def load(self):
+        if self.model is None:
+            self.data = chanprune.load_data("fashion_mnist")
+            self.model = chanprune.load(ROOT / "checkpoints" / f"{self.args.model}_fashion_mnist" / "model").eval()
+
+    def save(self):
+        write_text_atomic(self.path, json.dumps(self.doc, indent=1))
+
+    def row(self, key, fn):
+        if key in self.doc["rows"]:
+            return self.doc["rows"][key]
+        self.load()
+        print(f"[cacp bench] {key} ...", flush=True)
+        self.doc["rows"][key] = fn()
+        self.save()
+        print(f"[cacp bench] {key}: {json.dumps({k: v for k, v in self.doc['rows'][key].items() if k != 'log'})[:300]}", flush=True)
+        return self.doc["rows"][key]
+
+    def measure(self, pruned, seconds=None):
+        rec = pruned.chanprune_history[-1]
+        acc = chanprune.evaluate(pruned, self.data, limit=self.args.test_limit)["accuracy"]
+        out = {"accuracy": acc, "macs_ratio": rec["macs"]["ratio"], "macs": rec["macs"]["after"],
+               "params_ratio": rec["params"]["ratio"], "verified": rec["verified"],
+               "kept": [g["kept"] for g in rec["groups"]]}
+        if seconds is not None:
+            out["seconds"] = seconds
+        return out
+
+    def cfg(self, **kw):
+        return CACPConfig(warmup=self.args.warmup, episodes=self.args.episodes, val_images=self.args.val_images,
+                          calibration=256, seed=0, **kw)
+
+    def searched(self, key, cfg):
+        """Run (or reload) a search; the policy is kept under runs/ so exports resume without searching."""
+        stem = self.runs / key.replace("/", "_")
+
+        def run():
+            t0, c0 = time.perf_counter(), time.process_time()
+            policy = search(self.model, cfg, self.data)
+            policy.save(stem)
+            return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "episodes": len(policy.log),
+                    "episode_seconds": sum(e["seconds"] for e in policy.log) / len(policy.log),
+                    "best": policy.best, "log": policy.log}
+
+        self.row(key, run)
+        self.load()
+        return CACPFamily(self.model, CACPPolicy.load(stem), self.data)
+
+    def run(self):
+        self.row("dense", lambda: {"accuracy": chanprune.evaluate(self.model, self.data, limit=self.args.test_limit)["accuracy"]})
+        family = self.searched("search/cacp", self.cfg(support=SUPPORT))
+        for r in EXPORT:
+            self.row(f"cacp/actor/{r:g}", lambda: self.timed(lambda: family.at(r)))
+        for r in SUPPORT:
+            self.row(f"cacp/best/{r:g}", lambda: self.timed(lambda: family.at(r, source="best")))
+        for r in EXPORT:
+            amc = self.searched(f"search/amc/{r:g}", self.cfg(support=(r,), conditional=False))
+            self.row(f"amc/best/{r:g}", lambda: self.timed(lambda: amc.at(r, source="best")))
+            self.row(f"amc/actor/{r:g}", lambda: self.timed(lambda: amc.at(r)))
+        for name, make in (("uniform", lambda r: L1Config(target_macs=r, allocation="uniform", recover="compensate", calibration=256)),
+                           ("global", lambda r: L1Config(target_macs=r, allocation="global", recover="compensate", calibration=256)),
+                           ("hierarchical", lambda r: HierarchicalConfig(target_macs=r, recover="compensate", calibration=256))):
+            for r in EXPORT:
+                self.row(f"{name}/{r:g}", lambda: self.baseline(make, r))
+
+    def timed(self, make):
+        t0, c0 = time.perf_counter(), time.process_time()
+        pruned = make()
+        return {**self.measure(pruned, time.perf_counter() - t0), "cpu_seconds": time.process_time() - c0}
+
+    def baseline(self, make, r):
+        t0 = time.perf_counter()
+        try:
+            pruned = chanprune.prune(self.model, make(r), self.data)
+        except ChanpruneError as exc:
+            return {"refused": str(exc)}
+        return self.measure(pruned, time.perf_counter() - t0)
+
+
+def report(path: Path) -> str:
+    """The README table (markdown) and the plot, from the JSON alone."""
+    doc = json.loads(path.read_text())
+    rows, setup = doc["rows"], doc["setup"]
+    dense = rows["dense"]["accuracy"]
+    cond = rows["search/cacp"]
+    amc_seconds = [rows[f"search/amc/{r:g}"]["seconds"] for r in setup["export"] if f"search/amc/{r:g}" in rows]
+
+    def cell(key):
+        r = rows.get(key)
+        if r is None:
+            return "–"
+        if "refused" in r:
+            return "refused"
+        return f"{r['accuracy']:.2f} ({r['macs_ratio']:.1%})"
+
+    lines = [
+        f"| MACs kept (asked) | CACP family (actor) | CACP best episode | AMC best (dedicated) | AMC actor | L1 uniform | L1 global | hierarchical |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in setup["export"]:
+        k = f"{r:g}"
+        lines.append(f"| {r:.0%}{' (support)' if r in setup['support'] else ''} | {cell(f'cacp/actor/{k}')} | {cell(f'cacp/best/{k}')} | "
+                     f"{cell(f'amc/best/{k}')} | {cell(f'amc/actor/{k}')} | {cell(f'uniform/{k}')} | {cell(f'global/{k}')} | "
+                     f"{cell(f'hierarchical/{k}')} |")
+    export_cpu = sum(rows[f"cacp/actor/{r:g}"]["cpu_seconds"] for r in setup["export"] if f"cacp/actor/{r:g}" in rows)
+    amc_cpu = [rows[f"search/amc/{r:g}"]["cpu_seconds"] for r in setup["export"] if f"search/amc/{r:g}" in rows]
+    mean_amc = sum(amc_cpu) / len(amc_cpu) if amc_cpu else float("nan")
+    mean_amc_wall = sum(amc_seconds) / len(amc_seconds) if amc_seconds else float("nan")
+    gaps = []
+    for r in setup["export"]:
+        a, b = rows.get(f"cacp/actor/{r:g}"), rows.get(f"amc/best/{r:g}")
+        if a and b and "accuracy" in a and "accuracy" in b:
+            gaps.append((r, a["accuracy"] - b["accuracy"]))
+    family_cpu = cond["cpu_seconds"] + export_cpu
+    text = "\n".join(lines)
+    text += (f"\n\nTop-1 % on a {setup['test_images']:,}-image stratified test subset (MACs kept by Torch-Pruning's counter in brackets); "
+             f"dense {dense:.2f}%. No fine-tune; every model's consumers refit in closed form from the same 256 calibration images. "
+             f"Episodes per search: {setup['warmup']} random + {setup['episodes']} training; reward on {setup['val_images']} training images.\n\n"
+             f"Search cost (CPU seconds, 1 thread; wall time on this shared machine in brackets): the conditional search "
+             f"{cond['cpu_seconds']:.0f} s ({cond['seconds']:.0f} s) plus {export_cpu:.0f} s to export its 5 models = {family_cpu:.0f} s, vs "
+             f"{mean_amc:.0f} s ({mean_amc_wall:.0f} s) for one dedicated AMC search on average ({sum(amc_cpu):.0f} s for all five): "
+             f"the family costs {family_cpu / mean_amc:.2f}× one dedicated search (goal ≤ 1.5×).\n\n"
+             "Family member (actor) minus its dedicated search (AMC best episode), points: "
+             + ", ".join(f"{r:.0%}: {g:+.2f}" for r, g in gaps)
+             + f" — within 0.3 points (or better) at {sum(g >= -0.3 for _, g in gaps)} of {len(gaps)} rates (goal: all).")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for prefix, label, style in (("cacp/actor", "CACP family (one search)", "o-"), ("amc/best", "AMC, one search per rate", "s--"),
+                                     ("uniform", "L1 uniform", "^:"), ("global", "L1 global", "v:"), ("hierarchical", "hierarchical", "d:")):
+            pts = [(rows[f"{prefix}/{r:g}"]["macs_ratio"], rows[f"{prefix}/{r:g}"]["accuracy"]) for r in setup["export"]
+                   if "accuracy" in rows.get(f"{prefix}/{r:g}", {})]
+            if pts:
+                ax.plot(*zip(*pts), style, label=label)
+        ax.axhline(dense, color="grey", lw=0.8, label="dense")
+        ax.set_xlabel("fraction of MACs kept")
+        ax.set_ylabel(f"top-1 % ({setup['test_images']:,} test images), no fine-tune")
+        ax.set_title("ResNet-20 Fashion-MNIST (old checkpoint)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out = ROOT / "bench" / "plots" / f"{path.stem}.png"
+        fig.savefig(out, dpi=110)
+        text += f"\n\n![accuracy vs MACs kept](bench/plots/{out.name})"
+    except ImportError:
+        pass
+    return text
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--episodes", type=int, default=40)
+    p.add_argument("--val-images", type=int, default=256)
+    p.add_argument("--test-limit", type=int, default=2000)
+    p.add_argument("--report", action="store_true", help="print the README table from the JSON and draw the plot")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    if not args.report:
+        Bench(args).run()
+    print(report(RESULTS / f"cacp_{args.model}.json"))
+
+
+if __name__ == "__main__":
+    main()
