@@ -9,6 +9,7 @@ Sections are delimited by <!-- NAME:start --> / <!-- NAME:end --> markers:
   protocol   — bench/results/zoo_protocol_{a,b}/ (python -m bench.scoreboard --zoo runs/zoo --protocol a, then b):
                best chanprune vs best Torch-Pruning without a fine-tune and after the one-epoch fine-tune
   trp        — bench/results/trp_<model>.json (bench/trp.py)
+  cacp       — bench/results/cacp_<model>.json (bench/cacp.py), plus bench/plots/cacp_<model>.png
   fresh      — bench/results/fresh_clone.json (bench/fresh_clone.py): the two set-up commands timed on a fresh clone
 A section whose sources are missing says so instead of showing numbers.
 """
@@ -349,8 +350,21 @@ def fresh_section() -> str:
     return "\n".join(lines)
 
 
+def cacp_section() -> str:
+    """One conditional CACP search vs a search per rate vs bisection (bench/cacp.py), from bench/results/cacp_*.json."""
+    import cacp as cacp_bench  # bench/cacp.py, next to this file
+
+    files = sorted(RESULTS.glob("cacp_*.json"))
+    if not files:
+        return "_Not run yet: `OMP_NUM_THREADS=1 python bench/cacp.py`._"
+    return "
+
+".join(cacp_bench.report(f) for f in files)
+
+
 SECTIONS = {"zoo": zoo_section, "effective": effective_section, "results": results_section,
-            "protocol": protocol_section, "trp": trp_section, "recovery": recovery_section, "fresh": fresh_section}
+            "protocol": protocol_section, "trp": trp_section, "recovery": recovery_section, "cacp": cacp_section,
+            "fresh": fresh_section}
 
 
 def main(argv: list[str] | None = None) -> int:

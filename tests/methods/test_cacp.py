@@ -83,6 +83,16 @@ def family(net, digits):
     return chanprune.prune(net, _cfg(), digits)
 
 
+def test_episodes_walk_the_groups_in_forward_order(net, digits):
+    env = Episodes(net, _cfg(), digits, None)
+    table, groups = env.table, env.session.graph.groups
+    assert groups[table.order[0]].name == "conv1" and sorted(table.order) == list(range(len(groups)))
+    assert table.order != list(range(len(groups)))  # Torch-Pruning lists the residual streams first
+    walk = list(range(1, len(groups) + 1))
+    assert [table.to_groups(walk)[g] for g in table.order] == walk
+    assert table.channels == [groups[g].channels for g in table.order]
+
+
 def test_changing_only_the_rate_changes_the_actions(net, digits):
     """Verify 2: the actor reads R (the first state feature), so its raw actions differ between rates."""
     env = Episodes(net, _cfg(), digits, None)

@@ -3,7 +3,7 @@
 One search trains a policy that takes the MAC rate R as an input, so it yields a pruned model for any
 R in the trained range. Stages, in the paper's order:
 
-  allocation  a DDPG actor (:mod:`chanprune.search.ddpg`) walks the prunable groups in order; at group t
+  allocation  a DDPG actor (:mod:`chanprune.search.ddpg`) walks the prunable groups in forward order; at group t
               it sees s_t = [R, t, depthwise, n, c, h, w, stride, k, MACs_t, params_t, removed_t,
               rest_t, a_{t−1}] and answers a_t, the fraction of the group's channels to remove; the
               :class:`BudgetClamp` raises a_t where needed so the episode always ends at ≤ R of the MACs
@@ -122,17 +122,21 @@ class CACPConfig(PruneConfig):
 
 
 class LayerTable:
-    """Per-group facts the policy sees and the cost of any per-group kept-channel counts."""
+    """The groups in the order the forward pass reaches them (the order an episode walks), the facts the
+    policy sees about each, and the MACs of any kept-channel counts.
+
+    Lists here (``channels``, ``static``, ``rest``, and the ``keep`` arguments) are in walk order;
+    :meth:`to_groups` maps a walk-order list to the graph's group order.
+    """
 
     def __init__(self, graph: PruningGraph, cost: CostModel):
-        self.channels = graph.widths()
         self.cost = cost
         self.total = float(cost.macs)
         shapes: dict[nn.Module, tuple] = {}
         roots = {g.root for g in graph.groups}
 
         def record(module, _inputs, output):
-            shapes.setdefault(module, tuple(output.shape))
+            shapes.setdefault(module, tuple(output.shape))  # dicts keep insertion order: the call order
 
         hooks = [m.register_forward_hook(record) for m in roots]
         try:
@@ -141,6 +145,10 @@ class LayerTable:
         finally:
             for h in hooks:
                 h.remove()
+        reached = {m: i for i, m in enumerate(shapes)}
+        self.order = sorted(range(len(graph.groups)), key=lambda i: (reached.get(graph.groups[i].root, len(reached)), i))
+        groups = [graph.groups[i] for i in self.order]
+        self.channels = [g.channels for g in groups]
         macs = [0.0] * len(graph.groups)
         params = [0.0] * len(graph.groups)
         for layer_macs, layer_params, _out, _in, _oo, links in cost.layers:
@@ -149,7 +157,7 @@ class LayerTable:
                     macs[g] += layer_macs
                     params[g] += layer_params
         rows = []
-        for g in graph.groups:
+        for t, g in enumerate(groups):
             m = g.root
             shape = shapes.get(m, ())
             h, w = (shape[2], shape[3] if len(shape) > 3 else 1) if len(shape) > 2 else (1, 1)
@@ -158,19 +166,27 @@ class LayerTable:
             stride = m.stride[0] if conv else 1
             kernel = m.kernel_size[0] if conv else 1
             in_c = m.in_channels if conv else m.in_features
-            rows.append([g.index, float(depthwise), g.channels, in_c, h, w, stride, kernel, macs[g.index], params[g.index]])
+            rows.append([t, float(depthwise), g.channels, in_c, h, w, stride, kernel, macs[g.index], params[g.index]])
         raw = torch.tensor(rows, dtype=torch.float32)
         lo, hi = raw.min(0).values, raw.max(0).values
         self.static = torch.where(hi > lo, (raw - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(raw))
-        self.group_macs = macs
+        walk_macs = [macs[g.index] for g in groups]
         # MACs of the groups after t (their producers), as a fraction of the model's
-        self.rest = [sum(macs[t + 1:]) / self.total for t in range(len(macs))]
+        self.rest = [sum(walk_macs[t + 1:]) / self.total for t in range(len(groups))]
 
     def __len__(self) -> int:
         return len(self.channels)
 
+    def to_groups(self, keep: Sequence[int]) -> list[int]:
+        """A complete walk-order list in the graph's group order."""
+        out = [0] * len(self.order)
+        for t, g in enumerate(self.order):
+            out[g] = int(keep[t])
+        return out
+
     def macs(self, keep: Sequence[int]) -> float:
-        return self.cost(list(keep))[0]
+        """MACs for walk-order kept counts."""
+        return self.cost(self.to_groups(keep))[0]
 
     def removed(self, keep_so_far: Sequence[int]) -> float:
         """MACs removed by the groups decided so far (the rest dense), as a fraction of the model's."""
@@ -230,9 +246,9 @@ class BudgetClamp:
 @dataclass
 class Rollout:
     states: list[torch.Tensor]
-    actions: list[float]          # effective actions (after the clamp): fractions removed
-    raw_actions: list[float]      # what the actor (or the random warm-up) asked for
-    keep: list[int]
+    actions: list[float]          # effective actions (after the clamp), fractions removed, in walk order
+    raw_actions: list[float]      # what the actor (or the random warm-up) asked for, in walk order
+    keep: list[int]               # kept channels per group, in the graph's group order
 
 
 def rollout(table: LayerTable, rate: float, act: Callable[[torch.Tensor], float], *, conditional: bool,
@@ -242,18 +258,20 @@ def rollout(table: LayerTable, rate: float, act: Callable[[torch.Tensor], float]
     lo, hi = min(support), max(support)
     r_feature = (rate - lo) / (hi - lo) if hi > lo else rate
     out = Rollout([], [], [], [])
+    walk: list[int] = []
     prev = 0.0
     for t in range(len(table)):
-        dynamic = torch.tensor([table.removed(out.keep), table.rest[t], prev], dtype=torch.float32)
+        dynamic = torch.tensor([table.removed(walk), table.rest[t], prev], dtype=torch.float32)
         parts = ([torch.tensor([r_feature], dtype=torch.float32)] if conditional else []) + [table.static[t], dynamic]
         state = torch.cat(parts)
         raw = min(action_high, max(action_low, float(act(state))))
-        k = clamp.keep(t, out.keep, raw)
+        k = clamp.keep(t, walk, raw)
         prev = 1.0 - k / table.channels[t]
         out.states.append(state)
         out.raw_actions.append(raw)
         out.actions.append(prev)
-        out.keep.append(k)
+        walk.append(k)
+    out.keep = table.to_groups(walk)
     return out
 
 
@@ -369,7 +387,7 @@ def train_agent(env: Episodes, config: CACPConfig, rates: Sequence[float], *, co
         if key not in best or acc > best[key]["accuracy"]:
             best[key] = {"keep": ro.keep, "accuracy": acc, "reward": reward, "episode": e}
         entry = {"episode": e, "rate": rate, "accuracy": acc, "reward": reward,
-                 "macs_ratio": env.table.macs(ro.keep) / env.table.total, "seconds": time.perf_counter() - t0}
+                 "macs_ratio": env.table.cost.ratio(ro.keep), "seconds": time.perf_counter() - t0}
         log.append(entry)
         if progress is not None:
             progress(entry)
@@ -525,7 +543,7 @@ class CACPFamily(Mapping):
             scores = [score(g, session.scores) for g in session.graph.groups]
             session.notes["cacp"] = {
                 "rate": rate, "source": source, "conditional": cfg.conditional, "keep": keep,
-                "actions": ro.actions if ro else None, "predicted_macs_ratio": table.macs(keep) / table.total,
+                "actions": ro.actions if ro else None, "predicted_macs_ratio": table.cost.ratio(keep),
                 "search_seconds": self.policy.seconds,
             }
             return session.remove_lowest(scores, keep)
