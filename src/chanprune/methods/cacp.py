@@ -48,6 +48,7 @@ from ..data.base import _stratified_indices
 from ..errors import ConfigError, LoadError, PruneError
 from ..graph import PruningGraph, lowest
 from ..recovery import compensate_model, consumer_moments
+from ..recovery.stats import call_order
 from ..search.ddpg import DDPG, Actor
 from ..surgery import apply_plan
 from .pipeline import PruneSession, run_pipeline
@@ -136,7 +137,7 @@ class LayerTable:
         roots = {g.root for g in graph.groups}
 
         def record(module, _inputs, output):
-            shapes.setdefault(module, tuple(output.shape))  # dicts keep insertion order: the call order
+            shapes.setdefault(module, tuple(output.shape))
 
         hooks = [m.register_forward_hook(record) for m in roots]
         try:
@@ -145,8 +146,9 @@ class LayerTable:
         finally:
             for h in hooks:
                 h.remove()
-        reached = {m: i for i, m in enumerate(shapes)}
-        self.order = sorted(range(len(graph.groups)), key=lambda i: (reached.get(graph.groups[i].root, len(reached)), i))
+        calls, _ = call_order(graph.model, graph.example_inputs)
+        reached = {name: i for i, name in enumerate(calls)}
+        self.order = sorted(range(len(graph.groups)), key=lambda i: (reached.get(graph.groups[i].name, len(reached)), i))
         groups = [graph.groups[i] for i in self.order]
         self.channels = [g.channels for g in groups]
         macs = [0.0] * len(graph.groups)
