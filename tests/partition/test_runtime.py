@@ -71,3 +71,13 @@ def test_runtime_refuses_a_run_with_a_functional_operation_inside():
     cut = chanprune.prune(net, PartitionConfig(parts=2), data=(x, torch.zeros(4).long()))
     with pytest.raises(ConfigError, match="not a plain chain"):
         PartitionedRun(cut, x)
+
+
+def test_timings_cover_the_model_and_the_run_both_ways(tmp_path, model_and_input):
+    model, x = model_and_input
+    cut = chanprune.prune(model, PartitionConfig(parts=2), data=(x, torch.zeros(6).long()))
+    chanprune.save(cut, tmp_path / "m")
+    chanprune.save(model, tmp_path / "dense")
+    result = run_distributed(tmp_path / "m", x, rounds=2, baseline=tmp_path / "dense", start_method="fork")
+    assert set(result.seconds) == {"single", "distributed", "run_single", "run_distributed", "dense", "run_dense"}
+    assert all(v > 0 for v in result.seconds.values())

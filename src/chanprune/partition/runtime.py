@@ -244,8 +244,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _timed(fns: dict, rounds: int, device: str) -> dict[str, float]:
+    """Median seconds of each callable, interleaved: every round calls each once, in order."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            if device != "cpu":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device != "cpu":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items() if v}
+
+
 def _worker(rank: int, world: int, path: str, inputs_path: str, out_path: str, port: int, backend: str,
-            timeout_s: float, threads: int, rounds: int) -> None:
+            timeout_s: float, threads: int, rounds: int, baseline_path: str | None) -> None:
+    import json
+
     import safetensors.torch
 
     from ..io import load
@@ -257,28 +274,28 @@ def _worker(rank: int, world: int, path: str, inputs_path: str, out_path: str, p
     dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
     try:
         model = load(path)
-        x = safetensors.torch.load_file(inputs_path)["x"]
+        x = safetensors.torch.load_file(inputs_path)["x"].to(device)
         rt = DistributedPartition(model, x[:1], device=device)
         if rank:
             rt.serve()
             return
         try:
-            y = rt.forward(x)
-            times = {"distributed": [], "single": []}
-            single = model.to(device).eval()
-            for _ in range(rounds):  # interleaved: one single-process pass, one distributed pass
-                for kind in ("single", "distributed"):
-                    if device != "cpu":
-                        torch.cuda.synchronize()
-                    t0 = time.perf_counter()
-                    with torch.no_grad():
-                        (single if kind == "single" else rt.forward)(x.to(device))
-                    if device != "cpu":
-                        torch.cuda.synchronize()
-                    times[kind].append(time.perf_counter() - t0)
+            with torch.no_grad():
+                y = rt.forward(x)
+                seen: list[torch.Tensor] = []  # the run's input, for timing the run alone
+                hook = rt.run_.layers[0].register_forward_pre_hook(lambda _m, i: seen.append(i[0]))
+                model(x)
+                hook.remove()
+                fns = {"single": lambda: model(x), "distributed": lambda: rt.forward(x),
+                       "run_single": lambda: rt.run_.single(seen[0]), "run_distributed": lambda: rt.run(seen[0])}
+                if baseline_path:
+                    dense = load(baseline_path).to(device).eval()
+                    dense_run = nn.Sequential(*[dense.get_submodule(n) for n in rt.run_.steps])
+                    fns.update({"dense": lambda: dense(x), "run_dense": lambda: dense_run(seen[0])})
+                times = _timed(fns, rounds, device)
         finally:
             rt.close()
-        meta = {k: repr(statistics.median(v)) for k, v in times.items() if v}
+        meta = {"seconds": json.dumps(times), "messages": str(rt.messages)}
         safetensors.torch.save_file({"y": y.cpu().contiguous()}, out_path, metadata=meta)
     finally:
         dist.destroy_process_group()
@@ -287,20 +304,25 @@ def _worker(rank: int, world: int, path: str, inputs_path: str, out_path: str, p
 @dataclass
 class DistributedResult:
     outputs: torch.Tensor
-    seconds_single: float | None      # median per forward, the same model in one process
-    seconds_distributed: float | None  # median per forward on P processes
+    # median seconds per call, interleaved on rank 0: "single"/"distributed" (the whole partitioned model in one
+    # process / on P), "run_single"/"run_distributed" (the partitioned run alone), and with a baseline
+    # "dense"/"run_dense" (the unpartitioned model and its layers of the run)
+    seconds: dict
 
 
 def run_distributed(path: str | os.PathLike, inputs: torch.Tensor, *, backend: str = "gloo",
-                    timeout_s: float = 60.0, threads: int = 1, rounds: int = 0,
+                    timeout_s: float = 60.0, threads: int = 1, rounds: int = 0, baseline: str | os.PathLike | None = None,
                     start_method: str = "spawn") -> DistributedResult:
     """Spawn P processes (P = the saved model's parts), run ``inputs`` through the model on them.
 
     Every process loads the model from ``path`` (a stem written by :func:`chanprune.save`). ``rounds``
-    > 0 also times the single-process and the distributed forward, interleaved, on rank 0.
+    > 0 also times, interleaved on rank 0, the model in one process and on P, the run alone both ways,
+    and with ``baseline`` (the saved unpartitioned model) the dense model and its layers of the run.
     ``start_method``: ``spawn`` (fresh interpreters; safe with CUDA) or ``fork`` (CPU only, starts in
     a fraction of the time since nothing is imported again).
     """
+    import json
+
     import safetensors
     import safetensors.torch
     import torch.multiprocessing as mp
@@ -317,12 +339,12 @@ def run_distributed(path: str | os.PathLike, inputs: torch.Tensor, *, backend: s
         inputs_path, out_path = os.path.join(tmp, "x.safetensors"), os.path.join(tmp, "y.safetensors")
         safetensors.torch.save_file({"x": inputs.detach().cpu().contiguous()}, inputs_path)
         mp.start_processes(_worker, nprocs=world, join=True, start_method=start_method,
-                           args=(world, str(path), inputs_path, out_path, _free_port(), backend, timeout_s, threads, rounds))
+                           args=(world, str(path), inputs_path, out_path, _free_port(), backend, timeout_s, threads,
+                                 rounds, None if baseline is None else str(baseline)))
         with safetensors.safe_open(out_path, "pt") as fh:
             meta = fh.metadata() or {}
             y = fh.get_tensor("y")
-    return DistributedResult(y, float(meta["single"]) if "single" in meta else None,
-                             float(meta["distributed"]) if "distributed" in meta else None)
+    return DistributedResult(y, json.loads(meta.get("seconds", "{}")))
 
 
 # --------------------------------------------------------------------------- simulation
