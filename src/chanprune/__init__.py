@@ -44,6 +44,7 @@ _EXPORTS = {
     "HierarchicalConfig": "chanprune.methods.hierarchical",
     "CPConfig": "chanprune.methods.cp",
     "CaPConfig": "chanprune.methods.cap",
+    "PartitionConfig": "chanprune.methods.partition",
     "CACPConfig": "chanprune.methods.cacp",
     "UCPConfig": "chanprune.methods.ucp",
     "ChanpruneError": "chanprune.errors",

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 import chanprune
 from chanprune.errors import ChanpruneError, ConfigError, LoadError
+from chanprune.export import export
 from chanprune.partition import BlockLinear, GroupedConv2d, PartitionConfig, partition
 
 
@@ -206,3 +207,14 @@ def test_bad_input_is_one_sentence(cfg, words):
 def test_config_validates_itself(kwargs):
     with pytest.raises(ConfigError):
         PartitionConfig(**kwargs)
+
+
+def test_partitioned_models_export_to_onnx(tmp_path):
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = chanprune.create_model("tinyvgg", num_classes=10, in_channels=1, width=0.25, fc=16).eval()
+    x = torch.randn(8, 1, 28, 28)
+    # gathers, masked blocks and several blocks per row part: every operation the partitioned forms use
+    cut = chanprune.prune(model, PartitionConfig(parts=2, mode="balanced", assignment="energy"), data=(x, torch.zeros(8).long()))
+    export(cut, tmp_path / "m.onnx", x[:1])  # refuses unless onnxruntime matches PyTorch
+    assert (tmp_path / "m.onnx").stat().st_size > 0
