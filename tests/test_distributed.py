@@ -2,7 +2,8 @@
 
 * the calibration statistics (gate/feature Grams, CaP moments, CP rows, HRank maps) and every method's pruning
   decision and pruned weights match one process, and all ranks hold the same pruned model;
-* a 2-process fine-tune (DDP, each rank a half of every global batch) matches one process with the same global batch;
+* a 2-process fine-tune (DDP, each rank a half of every global batch) matches one process with the same global batch,
+  with and without TRP's projection and nuclear-norm sub-gradient;
 * a 2-process run killed with SIGKILL resumes — with one process — to the weights of an uninterrupted run;
 * ``chanprune finetune ... --nproc 2`` runs under torchrun (``python -m chanprune``).
 
@@ -114,9 +115,20 @@ def statistics_and_decisions():
     return out
 
 
+def trp_run():
+    """A short TRP fine-tune: the projection acts on every rank's weights, the sub-gradient survives DDP's averaging."""
+    from chanprune.lowrank import TRPConfig, trp_train
+
+    torch.set_num_threads(1)
+    model = _lenet()
+    trp_train(model, chanprune.load_data("digits"), TRPConfig(period=2, nuclear_weight=1e-2),
+              TrainConfig(**dict(FT, epochs=1, limit_train=128)), progress=False, eval_each_epoch=False)
+    return _numpy(model.state_dict())
+
+
 def everything():
     """What each process computes for the tests below (one start of the 2 processes serves them all)."""
-    return {**statistics_and_decisions(), "finetune": finetune_run()}
+    return {**statistics_and_decisions(), "finetune": finetune_run(), "trp": trp_run()}
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +202,13 @@ def test_two_process_finetune_matches_one_process(one_and_two):
         for name, w in weights.items():
             _close(w, w2[name], f"fine-tuned {name}", rtol=1e-4, atol=1e-5)
     assert all((ranks[0][0][k] == ranks[1][0][k]).all() for k in weights), "the two ranks' weights differ"
+
+
+def test_two_process_trp_matches_one_process(one_and_two):
+    one, ranks = one_and_two
+    for r in ranks:
+        for name, w in one["trp"].items():
+            _close(w, r["trp"][name], f"TRP-trained {name}", rtol=1e-4, atol=1e-5)
 
 
 KILL = dict(FT, epochs=3, checkpoint_every=1)

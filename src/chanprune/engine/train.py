@@ -330,7 +330,7 @@ def train(model: nn.Module, data: Any, config: TrainConfig | None = None, *,
         if resumed_from is not None:
             bar.log(f"resuming from epoch {start_epoch + 1}, step {start_step} ({ckdir})")
         for epoch in range(start_epoch, config.epochs):
-            model.train()
+            net.train()
             loader = make_loader(epoch)
             if len(loader) != steps_per_epoch:
                 raise ChanpruneError(f"the training loader changed length between epochs ({len(loader)} vs "
