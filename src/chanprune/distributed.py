@@ -28,7 +28,7 @@ from torch import nn
 from .errors import ConfigError
 
 __all__ = ["init_from_env", "is_distributed", "world_size", "rank", "local_rank", "is_main", "shard", "all_reduce_",
-           "all_gather_rows", "broadcast_object", "broadcast_module_", "barrier", "backend_device"]
+           "all_gather_rows", "broadcast_object", "broadcast_module_", "barrier", "backend_device", "free_port"]
 
 
 def is_distributed() -> bool:
@@ -147,6 +147,15 @@ def broadcast_module_(module: nn.Module, src: int = 0) -> None:
         buf = t.detach().to(dev).contiguous()
         dist.broadcast(buf, src=src)
         t.copy_(buf)
+
+
+def free_port() -> int:
+    """A TCP port on this machine that was free a moment ago (for a local rendezvous: MASTER_PORT)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def barrier() -> None:

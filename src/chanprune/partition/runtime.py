@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..distributed import free_port
 from ..errors import ConfigError
 from ..recovery.stats import call_order
 from .modules import BlockLinear
@@ -236,14 +237,6 @@ class DistributedPartition:
 # --------------------------------------------------------------------------- spawning
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _timed(fns: dict, rounds: int, device: str) -> dict[str, float]:
     """Median seconds of each callable, interleaved: every round calls each once, in order."""
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -339,7 +332,7 @@ def run_distributed(path: str | os.PathLike, inputs: torch.Tensor, *, backend: s
         inputs_path, out_path = os.path.join(tmp, "x.safetensors"), os.path.join(tmp, "y.safetensors")
         safetensors.torch.save_file({"x": inputs.detach().cpu().contiguous()}, inputs_path)
         mp.start_processes(_worker, nprocs=world, join=True, start_method=start_method,
-                           args=(world, str(path), inputs_path, out_path, _free_port(), backend, timeout_s, threads,
+                           args=(world, str(path), inputs_path, out_path, free_port(), backend, timeout_s, threads,
                                  rounds, None if baseline is None else str(baseline)))
         with safetensors.safe_open(out_path, "pt") as fh:
             meta = fh.metadata() or {}
