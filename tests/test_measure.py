@@ -140,3 +140,18 @@ def test_measure_keeps_eager_when_onnx_refuses():
     res = measure(NoOnnx(), TinyData(), batch_sizes=(1,), repeats=1, accuracy=False, backends=("eager", "onnxruntime"))
     assert res["latency_ms"][1] > 0
     assert "does not export to ONNX" in res["backends"]["onnxruntime"]["error"]
+
+
+def test_layer_profile_pairs_the_kernels_of_dense_and_pruned():
+    from chanprune.measurement import layer_profile
+
+    dense, small = net(16), net(4)
+    res = layer_profile({"dense": dense, "small": small}, (1, 8, 8), batch=4, runs=2)
+    convs = [r for r in res["layers"] if r["op"] in ("Conv", "FusedConv", "Gemm")]
+    assert len(convs) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in dense.modules())
+    for r in convs:
+        assert r["dense"]["ms"] >= 0 and r["small"]["ms"] >= 0
+        assert r["small"]["executed_macs"] <= r["dense"]["executed_macs"]
+    first = convs[0]  # conv 1 → w, 3×3 on 8×8: executed MACs = 64 positions × w × 1 × 9 (padded to the block or not)
+    assert first["dense"]["executed_macs"] == 64 * first["dense"]["weight"][0] * 9
+    assert res["total_ms"]["dense"] == pytest.approx(sum(r["dense"]["ms"] for r in res["layers"]))

@@ -217,3 +217,89 @@ def measure(model: nn.Module, data: Any, *, baseline: nn.Module | None = None,
         result["baseline"] = {"macs": bmacs, "params": bparams,
                               "latency_ms": {bs: v["median_ms"] for bs, v in lat["baseline"].items()}}
     return result
+
+
+_COMPUTE_OPS = ("Conv", "FusedConv", "Gemm", "MatMul")
+
+
+def _layer_name(node: str) -> str:
+    """A profiled node's layer: '/layer1/layer1.0/relu1/Relu_output_0_nchwc_kernel_time' → 'layer1.0/relu1'."""
+    name = node.removesuffix("_kernel_time").replace("_nchwc", "").replace("_output_0", "")
+    parts = [p for p in name.strip("/").split("/") if p]
+    if len(parts) >= 2 and parts[0] == parts[1].split(".")[0]:  # '/layer1/layer1.0/...': the scope repeats its parent
+        parts = parts[1:]
+    return "/".join(parts[:-1]) or name
+
+
+def layer_profile(models: dict[str, nn.Module], input_shape: Sequence[int], batch: int = 32, runs: int = 10,
+                  threads: int = 1) -> dict[str, Any]:
+    """Where the time goes, layer by layer, in onnxruntime (its own profiler; medians over ``runs``).
+
+    Each model is exported (checked) and run ``runs`` times at ``batch`` with profiling on; every graph node's
+    kernel time is attributed to its layer (onnxruntime's fused Conv+ReLU nodes are named after the ReLU). Per
+    model and layer: ``ms``, the op, the kernel's weight shape and the MACs it executed — which is where padding
+    shows: onnxruntime runs a conv in the blocked NCHWc layout by padding its output channels up to the vector
+    block (a 45-channel layer computes 48), then strips the padding again ("layout reorders").
+    Conv/linear kernels are paired across the models by position (pruning keeps the topology); the other nodes
+    (layout reorders, pooling, ...) are summed per op. Returns ``{"batch", "threads", "runs", "layers": [{"layer",
+    "op", name: {"ms", "weight", "executed_macs"}}], "total_ms": {name: ms}}``.
+    """
+    import json as _json
+
+    import onnxruntime as ort
+
+    from .export import INPUT_NAME, export
+
+    shape = tuple(int(s) for s in input_shape)
+    x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(0)).numpy()
+    per_model: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="chanprune-profile-") as folder:
+        for i, (name, model) in enumerate(models.items()):
+            path = f"{folder}/{i}.onnx"
+            export(_cpu_eval_copy(model), path, torch.zeros((1, *shape)), check_batches=(2,))
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
+            opts.enable_profiling = True
+            opts.profile_file_prefix = f"{folder}/prof{i}"
+            opts.log_severity_level = 3
+            session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+            session.run(None, {INPUT_NAME: x})  # warm-up (its events are dropped below)
+            for _ in range(runs):
+                session.run(None, {INPUT_NAME: x})
+            events = [e for e in _json.load(open(session.end_profiling())) if e.get("cat") == "Node"]
+            per_node: dict[str, list[float]] = {}
+            info: dict[str, dict] = {}
+            for e in events:
+                per_node.setdefault(e["name"], []).append(e["dur"] / 1e3)
+                info.setdefault(e["name"], e.get("args", {}))
+            compute, other = [], {}
+            for node, durs in per_node.items():  # insertion order = execution order of the first run
+                args = info[node]
+                op = args.get("op_name", "?")
+                ms = float(np.median(durs[-runs:]))
+                ins = [next(iter(t.values())) for t in args.get("input_type_shape", [])]
+                outs = [next(iter(t.values())) for t in args.get("output_type_shape", [])]
+                if op in _COMPUTE_OPS and len(ins) >= 2 and outs:
+                    # conv weight [out, in/groups, kh, kw]: each output element costs prod(weight[1:]) MACs;
+                    # a linear layer's output element costs its input width
+                    weight = ins[1] if op in ("Conv", "FusedConv") else [outs[0][-1], ins[0][-1]]
+                    compute.append({"layer": _layer_name(node), "op": op, "ms": ms, "weight": weight,
+                                    "executed_macs": int(np.prod(outs[0]) * np.prod(weight[1:])) // batch})
+                else:
+                    label = "layout reorders (NCHW ↔ NCHWc)" if op.startswith("Reorder") else op
+                    other[label] = other.get(label, 0.0) + ms
+            per_model[name] = {"compute": compute, "other": other}
+    # the models share their topology: kernels pair by layer name, else (fusion can rename a node) by position
+    first = next(iter(models))
+    rows = []
+    for i, ref in enumerate(per_model[first]["compute"]):
+        row = {"layer": ref["layer"], "op": ref["op"]}
+        for n in models:
+            kernels = per_model[n]["compute"]
+            row[n] = next((k for k in kernels if k["layer"] == ref["layer"]), kernels[i] if i < len(kernels) else None)
+        rows.append(row)
+    labels = list(dict.fromkeys(k for v in per_model.values() for k in v["other"]))
+    rows += [{"layer": label, "op": label, **{n: {"ms": per_model[n]["other"].get(label, 0.0), "weight": None, "executed_macs": 0}
+                                            for n in models}} for label in labels]
+    return {"batch": batch, "threads": threads, "runs": runs, "layers": rows,
+            "total_ms": {n: sum(r[n]["ms"] for r in rows) for n in models}}
