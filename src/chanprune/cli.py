@@ -1,4 +1,4 @@
-"""The ``chanprune`` command: train | evaluate | analyze | prune | cacp | ucp | partition | finetune | trp | decompose | info | bench | export | demo.
+"""The ``chanprune`` command: train | evaluate | analyze | prune | cacp | ucp | partition | finetune | trp | decompose | info | bench | export | report | demo.
 
 Every command prints a table and writes a JSON record (model, data, method, config, seed, MACs,
 params, accuracy, latency, wall time, versions). Errors chanprune raises on purpose are printed as
@@ -306,10 +306,11 @@ def _recovered(recover: str) -> str:
 
 
 def run_prune(net, bundle, cfg, *, finetune_epochs: float, finetune_limit: Optional[int], out: Path, label: str, repeats: int = 20,
-              test_limit: Optional[int] = None):
+              test_limit: Optional[int] = None, source: Optional[str] = None):
     """Prune, optionally fine-tune, measure before/after interleaved; write the pruned model and the record.
 
     ``test_limit``: evaluate on a fixed stratified subset of the test split of this size (None: all of it).
+    ``source``: the dense model's saved stem, recorded so ``chanprune report`` can find it.
     """
     import chanprune
     from .device import model_device
@@ -337,7 +338,7 @@ def run_prune(net, bundle, cfg, *, finetune_epochs: float, finetune_limit: Optio
             "pruned": {"accuracy_no_finetune": acc_no_ft, "accuracy": result["accuracy"], "macs": result["macs"], "params": result["params"],
                        "latency_ms": result["latency_ms"]},
             "speedup": result.get("speedup"), "finetune": ft, "prune_seconds": prune_seconds, "record": record,
-            "wall_seconds": time.time() - t0}
+            "wall_seconds": time.time() - t0, **({"source": str(source)} if source else {})}
     write_record(out / "record.json", full)
     rows = [
         ("accuracy", f"{dense_acc:.2f}%", f"{acc_no_ft:.2f}% (no fine-tune{_recovered(cfg.recover)})"
@@ -367,7 +368,8 @@ def prune(model: str = typer.Argument(..., help="saved model stem"), data: str =
           finetune_epochs: float = typer.Option(0.0), finetune_limit: Optional[int] = typer.Option(None),
           test_limit: Optional[int] = typer.Option(None, help="evaluate on a fixed stratified test subset of this size"),
           seed: int = typer.Option(0), out: str = typer.Option("runs/prune"),
-          device: str = _device_option(), nproc: int = _nproc_option()):
+          device: str = _device_option(), nproc: int = _nproc_option(),
+          report: bool = typer.Option(False, "--report", help="also write report.html (one self-contained page) next to the record")):
     """Prune a saved model to a MAC/params target (or a ratio), measure it, save it."""
     _spawn(nproc)
     _ratio("ratio", ratio)
@@ -383,8 +385,10 @@ def prune(model: str = typer.Argument(..., help="saved model stem"), data: str =
     cfg = method_config(method, target_macs=target_macs, target_params=target_params, ratio=ratio, allocation=allocation,
                         round_to=_round_to(round_to), calibration=calibration, recover=recover, seed=seed, **extra)
     net, bundle = _model_and_data(model, data, root, device)
-    run_prune(net, bundle, cfg, finetune_epochs=finetune_epochs, finetune_limit=finetune_limit, out=Path(out), label=method,
-              test_limit=test_limit)
+    pruned, full = run_prune(net, bundle, cfg, finetune_epochs=finetune_epochs, finetune_limit=finetune_limit, out=Path(out),
+                             label=method, test_limit=test_limit, source=model)
+    if report:
+        _write_report(Path(out), pruned, net, bundle, full)
 
 
 def _floats_after(args: list[str], flag: str) -> tuple[list[float] | None, list[str]]:
@@ -695,6 +699,37 @@ def export(model: str = typer.Argument(..., help="saved model stem"), format: st
         ("tolerance", f"{res.tolerance:.2e} (1e-4 × max(1, max |logit|))")], ("", "")))
 
 
+# --------------------------------------------------------------------------------------------- report
+def _write_report(out: Path, model, dense, bundle, record: dict) -> Path:
+    from .report import render_report
+
+    path = render_report(out / "report.html", model=model, dense=dense, data=bundle, record=record)
+    console.print(f"wrote {path}")
+    return path
+
+
+@app.command()
+def report(run_dir: str = typer.Argument(..., help="a run folder: model.json/.safetensors and record.json (prune, decompose, ...)"),
+           baseline: Optional[str] = typer.Option(None, help="dense model stem (default: the record's source)"),
+           data: Optional[str] = typer.Option(None, help="data set (default: the record's)"), root: Optional[str] = typer.Option(None),
+           out: Optional[str] = typer.Option(None, help="HTML file (default: RUN_DIR/report.html)")):
+    """One self-contained HTML page of a run: widths before/after, effective filters, accuracy, MACs, latency, checks, config."""
+    from .errors import LoadError
+    from .report import render_report
+
+    folder = Path(run_dir)
+    record_path = folder / "record.json"
+    if not record_path.exists():
+        raise LoadError(f"no record.json in {run_dir!r}; pass a folder written by chanprune prune/decompose/trp/partition.")
+    record = json.loads(record_path.read_text())
+    source = baseline or record.get("source") or (record.get("model") if isinstance(record.get("model"), str) and "/" in record["model"] else None)
+    data_name = data or record.get("data") or "fashion_mnist"
+    net, bundle = _model_and_data(str(folder / "model"), data_name, root)
+    dense = _load_model(source) if source else None
+    path = render_report(Path(out) if out else folder / "report.html", model=net, dense=dense, data=bundle, record=record)
+    console.print(f"wrote {path}" + ("" if dense is not None else " (no dense model: pass --baseline for the analysis and latency)"))
+
+
 # ----------------------------------------------------------------------------------------------- demo
 @app.command()
 def demo(checkpoint: str = typer.Option(str(DEFAULT_CHECKPOINT), help="saved model stem"), data: str = typer.Option("fashion_mnist"),
@@ -715,14 +750,16 @@ def demo(checkpoint: str = typer.Option(str(DEFAULT_CHECKPOINT), help="saved mod
     extra = {"allow_exceed": True} if method == "hierarchical" else {}
     cfg = method_config(method, target_macs=target_macs, calibration=512 if method == "hierarchical" else None,
                         recover="compensate+bn", **extra)
-    pruned, full = run_prune(net, bundle, cfg, finetune_epochs=1, finetune_limit=finetune_limit, out=Path(out), label=f"{method} → {target_macs:.0%} MACs", test_limit=test_limit)
+    pruned, full = run_prune(net, bundle, cfg, finetune_epochs=1, finetune_limit=finetune_limit, out=Path(out), label=f"{method} → {target_macs:.0%} MACs", test_limit=test_limit,
+                             source=checkpoint)
     analysis = full["record"].get("analysis")
     if analysis:
         console.print(f"layer budgets: every group kept at or above its effective filters ({analysis['reading']} reading, "
                       f"{analysis['rule']} {analysis['threshold']}, N={analysis['samples']}), which allow removing "
                       f"{analysis['max_compression_macs']:.1%} of the MACs"
                       + ("; the target goes beyond that (allow_exceed)" if 1 - target_macs > analysis["max_compression_macs"] else ""))
-    console.print(f"total wall time {time.time() - t0:.0f} s")
+    report = _write_report(Path(out), pruned, net, bundle, full)
+    console.print(f"total wall time {time.time() - t0:.0f} s; the report: {report.resolve()}")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

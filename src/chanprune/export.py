@@ -187,8 +187,8 @@ def _real_inputs(data: Any, n: int) -> torch.Tensor | None:
         return None
     if isinstance(data, torch.Tensor):
         return data[:n].detach().cpu().float()
-    if hasattr(data, "split") and hasattr(data, "normalize"):
-        return data.normalize(data.split("test").images[:n])
+    if hasattr(data, "loader"):  # a DataBundle: its first n test images, normalised as in evaluation
+        return next(iter(data.loader("test", batch_size=n, limit=n)))[0][:n]
     raise ConfigError(f"data must be a DataBundle (chanprune.load_data) or a tensor of images, not {type(data).__name__}.")
 
 

@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .._atomic import write_text_atomic
+from .._atomic import write_bytes_atomic, write_text_atomic
 from ..calibration import as_batches
 from ..cost import CostModel
 from ..errors import AnalysisError, ConfigError
@@ -189,35 +189,18 @@ class AnalysisResult:
         return t
 
     def plot(self, folder) -> list[Path]:
-        """Two PNGs: normalised singular-value spectra per group, and max rate by depth."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        """Two PNGs: normalised singular-value spectra per group, and max rate by depth (the report's figures)."""
+        from ..report import plots
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        figures = {"spectra.png": plots.spectra([g.eigenvalues for g in self.groups]),
+                   "max_rates.png": plots.max_rates([g.name for g in self.groups], [g.max_rate for g in self.groups],
+                                                    self.max_compression_macs)}
         paths = []
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        cmap = plt.get_cmap("viridis")
-        for i, g in enumerate(self.groups):
-            sigma = torch.tensor(g.eigenvalues, dtype=torch.float64, device="cpu").clamp_min(0).sqrt()
-            if sigma.numel() and sigma[0] > 0:
-                ax.semilogy(range(1, len(sigma) + 1), (sigma / sigma[0]).clamp_min(1e-12).numpy(),
-                            color=cmap(i / max(1, len(self.groups) - 1)), lw=1)
-        ax.set_xlabel("index i")
-        ax.set_ylabel("σ_i / σ_1")
-        ax.set_title("Normalised singular values of each group's gradient matrix (colour = depth)")
-        p = folder / "spectra.png"
-        fig.tight_layout(); fig.savefig(p, dpi=110); plt.close(fig); paths.append(p)
-        fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(self.groups)), 4))
-        ax.bar(range(len(self.groups)), [g.max_rate for g in self.groups], color="tab:blue")
-        ax.set_xlabel("group (by depth)")
-        ax.set_ylabel("max safe rate ρ_max = 1 − k/n")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"Maximum rate per group; network: {self.max_compression_macs:.0%} of MACs removable")
-        p = folder / "max_rates.png"
-        fig.tight_layout(); fig.savefig(p, dpi=110); plt.close(fig); paths.append(p)
+        for name, data in figures.items():
+            write_bytes_atomic(folder / name, data)
+            paths.append(folder / name)
         return paths
 
 
