@@ -78,9 +78,8 @@ def _parse(path):
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_report_has_every_section_and_inline_images(tmp_path, kind):
-    name = "lenet5" if kind == "partitioned" else "resnet20"
-    dense = tiny(name)
-    model = KINDS[kind](name)
+    dense = tiny("resnet20")
+    model = KINDS[kind]("resnet20")
     path = render_report(tmp_path / "r.html", model=model, dense=dense, data=Digits12(), analysis_samples=32,
                          latency_repeats=2)
     page = _parse(path)
