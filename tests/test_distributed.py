@@ -1,7 +1,7 @@
 """Two gloo processes on the CPU give what one process gives (docs/distributed.md).
 
-* the calibration statistics (gate/feature Grams, CaP moments, CP rows, HRank maps) and every method's pruning
-  decision and pruned weights match one process, and all ranks hold the same pruned model;
+* the calibration statistics (gate/feature Grams, CaP moments, CP rows, HRank maps, UCP's mean excitations) and the
+  pruning decisions and pruned weights of hierarchical, CP and CaP match one process; all ranks hold the same model;
 * a 2-process fine-tune (DDP, each rank a half of every global batch) matches one process with the same global batch,
   with and without TRP's projection and nuclear-norm sub-gradient;
 * a 2-process run killed with SIGKILL resumes — with one process — to the weights of an uninterrupted run;
@@ -101,6 +101,11 @@ def statistics_and_decisions():
     out["moments"] = {n: (m.mu.numpy(), m.sigma.numpy(), m.count) for n, m in consumer_moments(model, consumers, batches).items()}
     out["rows"] = {n: r.numpy() for n, r in consumer_rows(model, consumers, batches, points_per_image=3, seed=1).items()}
     out["hrank"] = {g: r.numpy() for g, r in collect_features(model, graph, batches, lambda o: map_rank(o.clamp_min(0))).items()}
+    from chanprune.ucp.mseb import insert_mseb, mseb_scores
+
+    scored = tiny("resnet20")
+    insert_mseb(scored, x[:1])
+    out["mseb"] = {n: v.numpy() for n, v in mseb_scores(scored.eval(), batches).items()}
     out["pruned"] = {}
     for method in ("hierarchical", "cp", "cap"):  # the other methods' statistics are compared above
         extra = {"allow_exceed": True, "recover": "compensate"} if method == "hierarchical" else {}
@@ -156,6 +161,8 @@ def test_statistics_match_one_process(one_and_two):
         assert (rows == r0["rows"][name]).all() and (rows == r1["rows"][name]).all(), f"CP rows of {name}"
     for g, maps in one["hrank"].items():
         assert (maps == r1["hrank"][g]).all(), f"HRank ranks of group {g}"
+    for name, score in one["mseb"].items():
+        _close(score, r0["mseb"][name], f"UCP's mean excitation of {name}")
 
 
 @pytest.mark.parametrize("method", ["hierarchical", "cp", "cap"])

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
 from ..errors import ModelError
 
 __all__ = ["MSEB", "ConvMSEB", "insert_mseb", "strip_mseb", "mseb_scores", "mseb_modules", "SCORES_ATTR"]
@@ -132,9 +133,11 @@ def mseb_scores(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Te
     try:
         with preserve_mode(model):
             model.eval()
-            for x, _ in batches:
+            for x, _ in distributed.shard(batches)[1]:  # under torchrun: this rank's block, sums all-reduced
                 model(x.to(device))
-        return {name: block.mseb._sum / max(block.mseb._count, 1) for name, block in blocks.items()}
+        counts = torch.tensor([block.mseb._count for block in blocks.values()], dtype=torch.float64, device="cpu")
+        distributed.all_reduce_([block.mseb._sum for block in blocks.values()] + [counts])
+        return {name: block.mseb._sum / max(int(n), 1) for (name, block), n in zip(blocks.items(), counts.tolist())}
     finally:
         for block in blocks.values():
             block.mseb._sum, block.mseb._count = None, 0
