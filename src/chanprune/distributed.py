@@ -54,21 +54,22 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env(timeout_s: float = 1800) -> bool:
+def init_from_env(timeout_s: float = 1800, backend: str | None = None) -> bool:
     """Join the process group torchrun describes in the environment (WORLD_SIZE, RANK, MASTER_ADDR/PORT).
 
-    NCCL when CUDA is present (each process on GPU ``LOCAL_RANK``), gloo otherwise. Returns True when this
-    process is one of several; a single process (no WORLD_SIZE, or WORLD_SIZE=1) does nothing.
+    ``backend`` None: NCCL when this node has a GPU for every local process (each on GPU ``LOCAL_RANK``),
+    gloo otherwise (NCCL refuses two processes on one GPU). Returns True when this process is one of several;
+    a single process (no WORLD_SIZE, or WORLD_SIZE=1) does nothing.
     """
     if dist.is_initialized():
         return is_distributed()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    if torch.cuda.is_available():
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= local else "gloo"
+    if backend == "nccl":
         torch.cuda.set_device(local_rank() % torch.cuda.device_count())
-        backend = "nccl"
-    else:
-        backend = "gloo"
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return is_distributed()
 

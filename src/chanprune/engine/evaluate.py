@@ -66,7 +66,7 @@ def evaluate(model: nn.Module, data_or_loader: Any, split: str = "test", batch_s
     loader; ``limit`` is the bundle's stratified subset) or any iterable of ``(x, y)`` batches
     (then ``limit`` truncates after that many samples). The model runs in eval mode under
     ``no_grad`` on ``device`` (default: where the model is); its per-module train/eval flags and its device
-    are restored.
+    are restored. Under torchrun the ranks take turns over a bundle's batches, so every rank must call it.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}; pass a positive batch size.")
