@@ -21,6 +21,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from . import distributed
 from .device import model_device
 from .engine.evaluate import evaluate, preserve_mode
 from .errors import ConfigError
@@ -186,13 +187,19 @@ def measure(model: nn.Module, data: Any, *, baseline: nn.Module | None = None,
     shape = tuple(example.shape[1:])
     timed = {"baseline": baseline, "model": model} if baseline is not None else {"model": model}
     backends = tuple(backends)
-    try:
-        lat_all = latency(timed, shape, batch_sizes=batch_sizes, repeats=repeats, threads=threads, backend=backends)
-    except ExportError as exc:
-        if backends == ("eager",) or "eager" not in backends:
-            raise
-        lat_all = latency(timed, shape, batch_sizes=batch_sizes, repeats=repeats, threads=threads, backend=("eager",))
-        lat_all.update({b: {"error": str(exc)} for b in backends if b != "eager"})
+
+    def timings() -> dict:
+        try:
+            out = latency(timed, shape, batch_sizes=batch_sizes, repeats=repeats, threads=threads, backend=backends)
+        except ExportError as exc:
+            if backends == ("eager",) or "eager" not in backends:
+                raise
+            out = latency(timed, shape, batch_sizes=batch_sizes, repeats=repeats, threads=threads, backend=("eager",))
+            out.update({b: {"error": str(exc)} for b in backends if b != "eager"})
+        return out
+
+    # under torchrun rank 0 times alone (ranks timing at once would slow each other) and shares its numbers
+    lat_all = distributed.broadcast_object(timings() if distributed.is_main() else None)
     result["threads"] = lat_all["threads"]
     first = "eager" if "eager" in backends else backends[0]
     lat = lat_all[first]
