@@ -55,7 +55,7 @@ CASES = {
     "target MACs unreachable (l1)": (["prune", "{m}/m", *D, "--method", "l1", "--target-macs", "0.0001"],
                                      r"cannot be reached.*ask for a larger target"),
     "target MACs unreachable (hierarchical)": (["prune", "{m}/m", *D, "--target-macs", "0.0001"],
-                                               r"ask for a target of at least"),
+                                               r"ask for a target of at least.*or pass --allow-exceed to"),
     "unknown method": (["prune", "{m}/m", *D, "--method", "nosuch"], r"unknown method 'nosuch'; choose one of"),
     "two targets": (["prune", "{m}/m", *D, "--method", "l1", "--ratio", "0.3", "--target-macs", "0.5"], r"give only one"),
     "negative fine-tune epochs": (["prune", "{m}/m", *D, "--ratio", "0.3", "--finetune-epochs", "-1"],
@@ -150,14 +150,153 @@ def test_demo_runs_end_to_end_on_a_small_model(models, tmp_path):
 
 
 def test_warnings_are_one_line(models, tmp_path, monkeypatch, capsys):
-    """A warning (here: LeNet's 120- and 84-wide layers against 50 gate samples) prints as one 'warning:' line."""
+    """A warning (here: LeNet's 120- and 84-wide layers against 70 gate samples) prints as one 'warning:' line."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["chanprune", "analyze", f"{models}/m", *D, "--samples", "50", "--reading", "gate",
+    monkeypatch.setattr(sys, "argv", ["chanprune", "analyze", f"{models}/m", *D, "--samples", "70", "--reading", "gate",
                                       "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     assert exit_info.value.code in (0, None)
     out, err = capsys.readouterr()
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("warning: groups wider than the 50 samples"), err
-    assert "UserWarning" not in out + err and "samples=120" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("warning: groups wider than the 70 samples"), err
+    assert "UserWarning" not in out + err and "--samples 120" in lines[0]  # the remedy as this command's flag
+
+
+# ------------------------------------------------------------------------------ the terminal (issue 18)
+def _all_options():
+    import typer.main
+
+    group = typer.main.get_command(cli.app)
+    for name, command in group.commands.items():
+        for param in command.params:
+            if param.param_type_name == "option" and param.name != "help":
+                yield name, param
+
+
+def test_every_option_has_help_and_the_method_list_is_whole():
+    missing = [f"{c} --{p.name}" for c, p in _all_options() if not (p.help or "").strip()]
+    assert not missing, missing
+    method = {c: p.help for c, p in _all_options() if p.name == "method"}
+    for name in chanprune.api.METHODS:
+        assert name in method["prune"] and name in method["demo"], name
+    assert "..." not in method["prune"]
+
+
+def test_existing_file_as_out_folder_refused_before_any_work(models, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("a finished result")
+    result = CliRunner().invoke(cli.app, ["prune", str(models / "m"), *D, "--method", "l1", "--out", str(taken)])
+    assert isinstance(result.exception, ChanpruneError) and "--out" in str(result.exception)
+    assert taken.read_text() == "a finished result"
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    result = CliRunner().invoke(cli.app, ["evaluate", str(models / "m"), *D, "--out", str(folder)])
+    assert isinstance(result.exception, ChanpruneError) and "is a folder" in str(result.exception)
+
+
+def test_fractional_finetune_epochs_refused(models, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["chanprune", "prune", str(models / "m"), *D, "--finetune-epochs", "0.3",
+                                      "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2 and "finetune-epochs" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_slowdown_is_not_called_faster():
+    assert cli._speed(0.73) == "1.37× slower" and cli._speed(2.0) == "2.00× faster"
+
+
+def test_messages_use_the_callers_terms():
+    """One mechanism: the command's own options become flags; names it does not have stay as written."""
+    import inspect
+
+    run = cli._in_cli_terms(lambda allow_exceed=typer_option(False), calibration=typer_option(None): None)
+    run()  # registers the options of this stand-in command
+    assert cli.cli_terms("or pass allow_exceed=True to prune") == "or pass --allow-exceed to prune"
+    assert cli.cli_terms("pass calibration=120 or more.") == "pass --calibration 120 or more."
+    assert cli.cli_terms("pass ridge=1e-8") == "pass ridge=1e-8"
+
+
+def typer_option(default):
+    import typer
+
+    return typer.Option(default)
+
+
+def test_evaluate_and_bench_write_records_without_out(models, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args, path in ((["evaluate", str(models / "m"), *D, "--threads", "1"], "runs/evaluate/record.json"),
+                       (["bench", str(models / "m"), *D, "--baseline", str(models / "m"), "--repeats", "2",
+                         "--threads", "1"], "runs/bench/record.json")):
+        result = CliRunner().invoke(cli.app, args)
+        assert result.exit_code == 0, (result.output, result.exception)
+        record = json.loads((tmp_path / path).read_text())
+        assert record["threads"] == 1 and record["versions"]["torch_pruning"]
+        text = " ".join(result.output.split())
+        assert "1 thread)" in text and "p10–p90" in text  # the thread count and the spread beside every latency
+
+
+def test_analyze_record_and_plots(models, tmp_path):
+    out = tmp_path / "a"
+    with pytest.warns(UserWarning, match="only 1 image"):
+        result = CliRunner().invoke(cli.app, ["analyze", str(models / "m"), *D, "--samples", "1", "--out", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    record = json.loads((out / "analysis.json").read_text())
+    assert record["model"] == str(models / "m") and record["data"] == "digits"
+    assert record["versions"]["torch"] and record["wall_seconds"] > 0 and record["groups"]
+    assert {p.name for p in out.iterdir()} >= {"analysis.json", "curve.json", "curve.png", "spectra.png", "max_rates.png"}
+
+
+MYNETS = '''
+import torch.nn as nn
+import chanprune
+
+
+@chanprune.register_model("clinet")
+def clinet(num_classes=10, in_channels=1, width=8):
+    return nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+'''
+
+
+def test_import_loads_a_users_model(tmp_path, monkeypatch):
+    """A model registered in the user's own module: --import makes the CLI know it; without it, the error says so."""
+    from chanprune.models import registry
+
+    (tmp_path / "clinets.py").write_text(MYNETS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        import clinets  # noqa: F401
+
+        chanprune.save(chanprune.create_model("clinet", num_classes=10, in_channels=1), tmp_path / "m",
+                       extra={"data": "digits"})
+        registry._REGISTRY.pop("clinet")
+        sys.modules.pop("clinets")
+        result = CliRunner().invoke(cli.app, ["info", str(tmp_path / "m")])
+        assert "--import MODULE" in str(result.exception)
+        result = CliRunner().invoke(cli.app, ["--import", "clinets", "evaluate", str(tmp_path / "m"), *D,
+                                              "--threads", "1"])
+        assert result.exit_code == 0, (result.output, result.exception)
+        result = CliRunner().invoke(cli.app, ["--import", "no_such_module_here", "info"])
+        assert isinstance(result.exception, ChanpruneError) and "--import no_such_module_here" in str(result.exception)
+    finally:
+        registry._REGISTRY.pop("clinet", None)
+        sys.modules.pop("clinets", None)
+
+
+def test_long_steps_draw_bars_when_asked(monkeypatch):
+    """track() is free when bars are off, and draws one bar per pass (M/N, elapsed) when the CLI turns them on."""
+    from chanprune import progress
+
+    items = [1, 2, 3]
+    assert progress.track(items, "x") is items  # off by default: the library stays quiet
+    monkeypatch.setattr(progress, "_SHOW", True)
+    monkeypatch.setattr(progress, "live_capable", lambda: True)
+    drawn = []
+    monkeypatch.setattr(progress.Bar, "advance", lambda self, n=1, **m: drawn.append(self._description))
+    tracked = progress.track(items, "analysis (gate reading)")
+    assert list(tracked) == items and list(tracked) == items and len(tracked) == 3
+    assert drawn == ["analysis (gate reading)"] * 6

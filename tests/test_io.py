@@ -456,3 +456,25 @@ def test_map_location_cuda(saved):
     loaded = io.load(stem, map_location="cuda")
     assert next(loaded.parameters()).is_cuda
     _assert_same_model(model, loaded.cpu(), torch.randn(2, 3, 8, 8))
+
+
+def test_save_keeps_what_the_model_carries(tmp_path):
+    """chanprune.save(pruned, path) as the README writes it keeps the pruning record; load attaches it again."""
+    import chanprune
+
+    model = create_model("resnet20", num_classes=10, in_channels=1, width=0.5).eval()
+    x, y = torch.randn(8, 1, 12, 12), torch.arange(8) % 10
+    pruned = chanprune.prune(model, chanprune.L1Config(target_macs=0.6), data=(x, y))
+    pruned.chanprune_extra = {"data": "mine"}
+    io.save(pruned, tmp_path / "m")
+    back = io.load(tmp_path / "m")
+    assert back.chanprune_history == json.loads(json.dumps(pruned.chanprune_history))
+    assert back.chanprune_extra == {"data": "mine"} and back.chanprune_history[-1]["input_shape"] == [1, 12, 12]
+    io.save(back, tmp_path / "again")  # and a loaded model saves its record again
+    assert len(io.read_spec(tmp_path / "again")["history"]) == 1
+
+
+def test_weights_file_has_the_json_file_permissions(tmp_path):
+    model = create_model("lenet5", num_classes=10, in_channels=1)
+    json_path = io.save(model, tmp_path / "m")
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == json_path.stat().st_mode & 0o777

@@ -20,6 +20,8 @@ _EXPORTS = {
     "register_model": "chanprune.models",
     "load_data": "chanprune.data",
     "list_datasets": "chanprune.data",
+    "from_tensors": "chanprune.data",
+    "from_loader": "chanprune.data",
     "prune": "chanprune.api",
     "register_method": "chanprune.methods",
     "register_planner": "chanprune.methods",

@@ -20,10 +20,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes 0600, and writers that recreate the file (safetensors) keep that; give the file the
+        # permissions open() would
+        os.chmod(tmp_path, 0o666 & ~umask)
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)

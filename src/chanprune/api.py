@@ -27,7 +27,8 @@ def prune(model: nn.Module, config: PruneConfig, data=None, *, example_inputs: t
         raise ConfigError(f"config must be a chanprune config such as L1Config(target_macs=0.5), not {type(config).__name__}.")
     handler = handler_for(config)
     needs = get_recovery(config.recover).needs_training_data
-    if needs and not hasattr(data, "loader"):
-        raise ConfigError(f"recover={config.recover!r} {needs}; pass data=a DataBundle (chanprune.load_data), "
-                          "or use recover='compensate'.")
+    if needs and config.recover_batches is not None and not hasattr(data, "loader"):
+        raise ConfigError(f"recover={config.recover!r} with recover_batches={config.recover_batches} {needs}; pass "
+                          "data=a DataBundle (chanprune.data.from_tensors), or leave recover_batches=None to use the "
+                          "calibration images.")
     return handler(model, config, data, example_inputs)

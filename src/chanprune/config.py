@@ -37,11 +37,11 @@ class PruneConfig:
     allocation: str = "uniform"
     round_to: int | str | None = None  # "auto": latency-aware widths (chanprune.rounding)
     ignored_layers: tuple[str, ...] = ()
-    calibration: int = 256
+    calibration: int | tuple[int, ...] = 256  # a number of images, or indices into the training split
     batch_size: int = 64
     seed: int = 0
     recover: str = "none"
-    recover_batches: int = 20
+    recover_batches: int | None = None  # BN re-estimation: None = the calibration images, N = N shuffled training batches
     verify: bool = True
     on_mismatch: str = "raise"  # "exclude": drop groups whose verified surgery fails, with a warning
     tolerance: float = 0.01
@@ -65,8 +65,18 @@ class PruneConfig:
         if self.round_to is not None and self.round_to != "auto" and (not isinstance(self.round_to, int) or self.round_to < 1):
             raise ConfigError(f"round_to must be a positive integer or 'auto' (widths from a measured latency table), "
                               f"not {self.round_to!r}.")
-        if not isinstance(self.calibration, int) or self.calibration < 1:
-            raise ConfigError(f"calibration must be a positive number of images, not {self.calibration!r}.")
+        if isinstance(self.calibration, (list, tuple, range)) or hasattr(self.calibration, "tolist"):
+            indices = self.calibration.tolist() if hasattr(self.calibration, "tolist") else list(self.calibration)
+            if not indices or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
+                raise ConfigError("calibration indices must be a non-empty list of non-negative integers "
+                                  "(training-split indices), or calibration=N for N images.")
+            self.calibration = tuple(indices)
+        elif not isinstance(self.calibration, int) or isinstance(self.calibration, bool) or self.calibration < 1:
+            raise ConfigError(f"calibration must be a positive number of images or a list of image indices, "
+                              f"not {self.calibration!r}.")
+        if self.recover_batches is not None and (not isinstance(self.recover_batches, int) or self.recover_batches < 1):
+            raise ConfigError(f"recover_batches must be None (the calibration images) or a positive number of batches, "
+                              f"not {self.recover_batches!r}.")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, not {self.batch_size!r}.")
         if self.on_mismatch not in ("raise", "exclude"):

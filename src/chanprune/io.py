@@ -227,7 +227,9 @@ def save(model: nn.Module, path: str | os.PathLike, *, history: list[dict] | Non
     """Write ``<path>.safetensors`` and ``<path>.json``; return the JSON path.
 
     ``path`` is a stem (a trailing ``.json`` or ``.safetensors`` is dropped). ``history`` (a list
-    of dicts) and ``extra`` (a dict) must hold JSON values; they are stored as given.
+    of dicts) and ``extra`` (a dict) must hold JSON values; they default to what the model carries
+    (``model.chanprune_history``: the pruning record; ``model.chanprune_extra``: e.g. the data set name),
+    so a pruned model keeps its record. :func:`load` attaches both again.
     Raises :class:`ModelError` if the model has no ``chanprune_spec`` (build it with
     ``create_model`` or register its class with ``register_model``) or cannot be serialised.
     """
@@ -238,8 +240,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, history: list[dict] | Non
     if spec["name"] not in _models.list_models():
         raise ModelError(f"model name {spec['name']!r} in chanprune_spec is not registered, so the model could not "
                          "be loaded again; register its builder with chanprune.register_model")
-    history = [] if history is None else history
-    extra = {} if extra is None else extra
+    history = list(getattr(model, "chanprune_history", None) or []) if history is None else history
+    extra = dict(getattr(model, "chanprune_extra", None) or {}) if extra is None else extra
     if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
         raise ModelError("history must be a list of dicts; pass e.g. [{'step': 1, ...}] or None")
     if not isinstance(extra, dict):
@@ -632,6 +634,8 @@ def load(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -
         model = _rebuild(doc, tensors, c)
     model.load_state_dict(tensors, strict=True)
     model.eval()
+    model.chanprune_history = doc["history"]
+    model.chanprune_extra = doc["extra"]
     device = torch.device(map_location)
     if device.type != "cpu":
         model = model.to(device)

@@ -222,7 +222,8 @@ def measure(model: nn.Module, data: Any, *, baseline: nn.Module | None = None,
         result["mac_ratio"] = macs / bmacs if bmacs else float("nan")
         result["param_ratio"] = params / bparams if bparams else float("nan")
         result["baseline"] = {"macs": bmacs, "params": bparams,
-                              "latency_ms": {bs: v["median_ms"] for bs, v in lat["baseline"].items()}}
+                              "latency_ms": {bs: v["median_ms"] for bs, v in lat["baseline"].items()},
+                              "latency": lat["baseline"]}
     return result
 
 

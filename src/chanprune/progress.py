@@ -20,9 +20,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["Bar", "console", "echo", "format_metrics", "live_capable"]
+__all__ = ["Bar", "console", "echo", "format_metrics", "live_capable", "show_progress", "track"]
 
 _CONSOLE: Console | None = None
+_SHOW = False  # the library stays quiet; the CLI turns bars on for its long steps (show_progress)
 
 
 def console() -> Console:
@@ -136,3 +137,39 @@ class Bar:
             self._progress.console.print(message, highlight=False)
         else:
             echo(message)
+
+
+def show_progress(flag: bool = True) -> None:
+    """Draw a bar for every :func:`track`-ed long step (analysis passes, compensation statistics, evaluation)."""
+    global _SHOW
+    _SHOW = bool(flag)
+
+
+class _Tracked:
+    """A sequence whose every full iteration draws a transient bar (one per pass: collectors may read twice)."""
+
+    def __init__(self, items: list, description: str) -> None:
+        self.items, self.description = items, description
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def __iter__(self):
+        with Bar(self.description, total=len(self.items), transient=True) as bar:
+            for item in self.items:
+                yield item
+                bar.advance()
+
+
+def track(items, description: str):
+    """``items`` with a progress bar over each pass when :func:`show_progress` is on and stderr is a terminal;
+    otherwise ``items`` itself (no cost)."""
+    if not (_SHOW and live_capable()) or items is None:
+        return items
+    return _Tracked(list(items), description)

@@ -70,7 +70,7 @@ BAD = {
     "unknown rule": (["decompose", "{m}", *D, "--rule", "nd"], r"unknown rank rule"),
     "unreachable target": (["decompose", "{m}", *D, "--target-macs", "0.01"], r"out of reach"),
     "value rule with target": (["decompose", "{m}", *D, "--rule", "value", "--threshold", "0.1", "--target-macs", "0.5"],
-                               r"needs rule='energy'"),
+                               r"needs --rule energy"),  # the remedy as the command's flag
     "negative fine-tune": (["decompose", "{m}", *D, "--finetune-epochs", "-1"], r"--finetune-epochs must be >= 0"),
     "missing model (decompose)": (["decompose", "/nonexistent", *D], r"no saved model"),
 }

@@ -135,7 +135,7 @@ def test_groups_wider_than_the_samples_are_kept_whole():
     assert all(g.resolved for g in res.groups if g.index not in wide)
     assert any(g.effective < g.channels for g in res.groups if g.index not in wide)
     target = 1 - 0.5 * res.max_compression_macs
-    with pytest.warns(UserWarning, match="samples=64"):
+    with pytest.warns(UserWarning, match="calibration=64"):
         pruned = chanprune.prune(model, HierarchicalConfig(target_macs=target, calibration=48, analysis=gate), data=(x, y),
                                  example_inputs=x[:1])
     groups = pruned.chanprune_history[-1]["groups"]

@@ -292,6 +292,6 @@ def test_compensate_then_bn_refits_and_re_estimates_batchnorm():
 def test_bn_recovery_without_a_data_bundle_is_refused_before_any_work():
     model = tiny("lenet5")
     x, y = calib(8)
-    for recover in ("bn", "compensate+bn"):
+    for recover in ("bn", "compensate+bn"):  # shuffled training batches (recover_batches=N) need a bundle
         with pytest.raises(chanprune.ChanpruneError, match="DataBundle"):
-            chanprune.prune(model, L1Config(ratio=0.5, recover=recover), data=(x, y), example_inputs=x[:1])
+            chanprune.prune(model, L1Config(ratio=0.5, recover=recover, recover_batches=2), data=(x, y), example_inputs=x[:1])

@@ -66,6 +66,9 @@ def effective_rank(lam: torch.Tensor, rule: str = "energy", threshold: float | N
     raise ConfigError(f"unknown rank rule {rule!r}; choose one of {', '.join(RULES)}.")
 
 
+FEW_SAMPLES = 64  # below this many images the ranks are estimates from too few samples: warn
+
+
 @dataclass
 class AnalysisConfig:
     """Settings of the effective-filter analysis.
@@ -188,13 +191,20 @@ class AnalysisResult:
             t.caption += f"\n* more channels than the {self.samples} samples can resolve: taken as all effective"
         return t
 
+    @property
+    def matrix(self) -> str:
+        """What the spectra are of, for labels: the feature reading uses activations, not gradients."""
+        what = ("feature matrix (activations, no gradients)" if self.config.reading == "feature"
+                else f"gradient matrix ({self.config.reading} reading)")
+        return f"{what}, N={self.samples}"
+
     def plot(self, folder) -> list[Path]:
         """Two PNGs: normalised singular-value spectra per group, and max rate by depth (the report's figures)."""
         from ..report import plots
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        figures = {"spectra.png": plots.spectra([g.eigenvalues for g in self.groups]),
+        figures = {"spectra.png": plots.spectra([g.eigenvalues for g in self.groups], self.matrix),
                    "max_rates.png": plots.max_rates([g.name for g in self.groups], [g.max_rate for g in self.groups],
                                                     self.max_compression_macs)}
         paths = []
@@ -202,6 +212,17 @@ class AnalysisResult:
             write_bytes_atomic(folder / name, data)
             paths.append(folder / name)
         return paths
+
+    def plot_curve(self, rows: list[dict], path) -> Path:
+        """The network's maximum compression (MACs and params) against the rank threshold, from :meth:`curve`."""
+        from ..report import plots
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        chosen = self.config.threshold if rows and self.config.rule == rows[0]["rule"] else None
+        write_bytes_atomic(path, plots.rate_curve([r["threshold"] for r in rows], [r["max_compression_macs"] for r in rows],
+                                                  [r["max_compression_params"] for r in rows], chosen))
+        return path
 
 
 def _effective(lam: torch.Tensor, channels: int, rule: str, threshold: float | None, resolved: bool) -> int:
@@ -215,11 +236,13 @@ def _network_rates(cost: CostModel, keep: list[int]) -> tuple[float, float]:
 
 
 def analyze(model: nn.Module, data, config: AnalysisConfig | None = None, *, example_inputs: torch.Tensor | None = None,
-            graph: PruningGraph | None = None) -> AnalysisResult:
+            graph: PruningGraph | None = None, samples_knob: str = "samples") -> AnalysisResult:
     """Effective filters k_l, maximum rates ρ_l^max and the network's R_max (docs/hierarchical.md).
 
     The model must be in eval mode (running BatchNorm statistics keep per-sample rows independent).
     ``data``: a DataBundle (``samples`` calibration images from its training split) or (images, labels).
+    ``samples_knob``: the caller's setting that sets the number of images, named in the advice when it is too small
+    (a pruning method passes ``"calibration"``).
     """
     config = config or AnalysisConfig()
     if not isinstance(model, nn.Module):
@@ -235,6 +258,11 @@ def analyze(model: nn.Module, data, config: AnalysisConfig | None = None, *, exa
     if graph is None:
         graph = PruningGraph(model, example_inputs, ignored_layers=config.ignored_layers)
     n_images = sum(len(x) for x, _ in batches)
+    if n_images < FEW_SAMPLES:
+        warnings.warn(
+            f"the analysis sees only {n_images} image{'s' if n_images != 1 else ''}, too few for its ranks (and the "
+            f"maximum compression from them) to mean much; pass {samples_knob}={max(FEW_SAMPLES, config.samples)} "
+            f"or more.", stacklevel=2)
     # The gate reading gives one row per sample, so rank(𝒢_l) ≤ N: a group wider than N would look redundant
     # by sampling alone. Such groups are kept whole (k_l = n_l) with a warning; if no group is narrow enough,
     # the analysis says nothing and is refused.
@@ -244,11 +272,11 @@ def analyze(model: nn.Module, data, config: AnalysisConfig | None = None, *, exa
         if len(too_wide) == len(graph.groups):
             raise AnalysisError(
                 f"{n_images} samples cannot reveal the rank of any group (the gate reading gives one row per sample and the "
-                f"narrowest group has {min(g.channels for g in too_wide)} channels); use at least {widest} samples (samples={widest}).")
+                f"narrowest group has {min(g.channels for g in too_wide)} channels); use at least {widest} samples ({samples_knob}={widest}).")
         names = ", ".join(f"{g.name} ({g.channels})" for g in too_wide[:3]) + (", …" if len(too_wide) > 3 else "")
         warnings.warn(
             f"groups wider than the {n_images} samples can resolve are taken as all effective and are not pruned by the "
-            f"analysis: {names}; pass samples={widest} or more to analyse them.",
+            f"analysis: {names}; pass {samples_knob}={widest} or more to analyse them.",
             stacklevel=2)
     unresolved = {g.index for g in too_wide}
     stats = collect(model, graph, batches, config.reading, labels=config.labels, seed=config.seed)

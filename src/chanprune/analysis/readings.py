@@ -191,6 +191,9 @@ def collect_feature_gram(
 
 def collect(model, graph, batches, reading: str, *, labels: str = "true", groups=None, seed: int = 0) -> dict[int, GramStats]:
     """K_l for every group under the chosen reading."""
+    from ..progress import track
+
+    batches = track(batches, f"analysis ({reading} reading)")
     if reading == "gate":
         return collect_gate_gradients(model, graph, batches, labels=labels, groups=groups, seed=seed)
     if reading == "consumer_weight":

@@ -1,6 +1,8 @@
 """Core data types: :class:`ImageSet`, :class:`DataBundle` and the deterministic :class:`Loader`.
 
-Images are kept as uint8 N×C×H×W tensors; normalization and augmentation happen per batch.
+Images are kept as N×C×H×W tensors, either uint8 pixels (0–255; the registered data sets) or float32 values
+(your own data through :func:`chanprune.data.from_tensors`); normalization and augmentation happen per batch:
+``(x / unit - mean) / std`` with ``unit`` 255 for uint8 pixels and 1 for floats (:func:`pixel_unit`).
 """
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ __all__ = [
     "stratified_quota",
     "stratified_split",
     "channel_stats",
+    "pixel_unit",
     "make_bundle",
+    "one_class_warning",
     "load_npz_cache",
     "save_npz_cache",
 ]
@@ -142,13 +146,38 @@ def channel_stats(images: torch.Tensor | np.ndarray, chunk: int = 4096) -> tuple
     return tuple(means), tuple(stds)
 
 
+def pixel_unit(images: torch.Tensor) -> float:
+    """What one unit of ``mean``/``std`` is in the stored values: 255 for uint8 pixels, 1 for float images."""
+    return 255.0 if images.dtype == torch.uint8 else 1.0
+
+
+def _images_error(images: torch.Tensor) -> str | None:
+    """Why ``images`` cannot be stored (None when they can), with the fix that suits what was passed."""
+    shape = tuple(images.shape)
+    if images.dim() == 3:
+        return (f"images of shape {shape} have no channel axis; add one with images.unsqueeze(1) "
+                "(N×H×W → N×1×H×W).")
+    if images.dim() != 4:
+        return f"images must be N×C×H×W, got shape {shape}; reshape them to one image per row of the first axis."
+    if images.dtype == torch.uint8 or images.is_floating_point():
+        return None
+    if images.dtype == torch.bool or images.is_complex():
+        return f"images must be uint8 pixels or floats, got {images.dtype}; convert them with images.float()."
+    lo, hi = (int(images.min()), int(images.max())) if images.numel() else (0, 0)
+    if 0 <= lo and hi <= 255:
+        return (f"images must be uint8 pixels or floats, got {images.dtype} with values {lo}..{hi}; they are pixels, "
+                "so convert them with images.to(torch.uint8).")
+    return (f"images must be uint8 pixels or floats, got {images.dtype} with values {lo}..{hi} (not 0..255 pixels); "
+            "convert them with images.float() and pass mean= and std= to chanprune.data.from_tensors.")
+
+
 # --------------------------------------------------------------------------------------------
 # ImageSet
 # --------------------------------------------------------------------------------------------
 
 @dataclass
 class ImageSet:
-    """Images (uint8, N×C×H×W) with their labels (int64, N)."""
+    """Images (N×C×H×W: uint8 pixels, or float32 values used as given) with their labels (int64, N)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -158,11 +187,11 @@ class ImageSet:
             self.images = torch.from_numpy(np.ascontiguousarray(self.images))
         if isinstance(self.labels, np.ndarray):
             self.labels = torch.from_numpy(np.ascontiguousarray(self.labels))
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise DataError(
-                f"ImageSet images must be a uint8 N×C×H×W tensor, got {self.images.dtype} with shape "
-                f"{tuple(self.images.shape)}; convert them with .to(torch.uint8) and add a channel axis if needed."
-            )
+        problem = _images_error(self.images)
+        if problem:
+            raise DataError(problem)
+        if self.images.is_floating_point() and self.images.dtype != torch.float32:
+            self.images = self.images.to(torch.float32)
         if self.labels.dtype != torch.int64:
             self.labels = self.labels.to(torch.int64)
         if self.labels.dim() != 1 or self.labels.shape[0] != self.images.shape[0]:
@@ -281,7 +310,7 @@ class Loader:
         channels = data.images.shape[1]
         mean_t = torch.tensor(list(mean), dtype=torch.float32).reshape(1, channels, 1, 1)
         std_t = torch.tensor(list(std), dtype=torch.float32).reshape(1, channels, 1, 1)
-        self._scale = 1.0 / (255.0 * std_t)
+        self._scale = 1.0 / (pixel_unit(data.images) * std_t)
         self._shift = mean_t / std_t
         self._mean = tuple(mean)
         self._std = tuple(std)
@@ -395,7 +424,10 @@ class DataBundle:
                 )
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
             raise DataError(f"{self.name}: mean/std need {self.in_channels} values (one per channel).")
-        self._scale = 1.0 / (255.0 * torch.tensor(self.std, dtype=torch.float32).reshape(1, -1, 1, 1))
+        if len(self.test) and self.train.images.dtype != self.test.images.dtype:
+            raise DataError(f"{self.name}: the train images are {self.train.images.dtype} but the test images are "
+                            f"{self.test.images.dtype}; give both splits in the same form (uint8 pixels or floats).")
+        self._scale = 1.0 / (pixel_unit(self.train.images) * torch.tensor(self.std, dtype=torch.float32).reshape(1, -1, 1, 1))
         self._shift = torch.tensor(self.mean, dtype=torch.float32).reshape(1, -1, 1, 1) / torch.tensor(
             self.std, dtype=torch.float32).reshape(1, -1, 1, 1)
 
@@ -407,11 +439,11 @@ class DataBundle:
             return self.test
         raise DataError(f"unknown split {name!r} of data set {self.name}; use 'train' or 'test'.")
 
-    def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """float32 ``(x / 255 - mean) / std`` for uint8 images N×C×H×W (or C×H×W)."""
-        if images_uint8.dim() == 3:
-            return _normalize(images_uint8.unsqueeze(0), self._scale, self._shift)[0]
-        return _normalize(images_uint8, self._scale, self._shift)
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """float32 ``(x / unit - mean) / std`` for stored images N×C×H×W (or C×H×W); unit: :func:`pixel_unit`."""
+        if images.dim() == 3:
+            return _normalize(images.unsqueeze(0), self._scale, self._shift)[0]
+        return _normalize(images, self._scale, self._shift)
 
     def _limited(self, split: str, limit: int | None) -> ImageSet:
         data = self.split(split)
@@ -442,10 +474,27 @@ class DataBundle:
             skip=skip, drop_last=drop_last,
         )
 
-    def calibration(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` normalized training images and their labels: a deterministic stratified subset."""
-        subset = self.train.subset(n, seed=seed)
-        return self.normalize(subset.images), subset.labels.clone()
+    def calibration_indices(self, n: int | Sequence[int], seed: int = 0) -> torch.Tensor:
+        """Training-split indices of the calibration images: a deterministic stratified subset of ``n``
+        (nested in ``n``, as :meth:`ImageSet.subset`), or the given indices, checked."""
+        if isinstance(n, (int, np.integer)) and not isinstance(n, bool):
+            if n < 1:
+                raise ConfigError(f"calibration must be at least 1 image, got {n}.")
+            if n >= len(self.train):
+                return torch.arange(len(self.train))
+            return torch.from_numpy(_stratified_indices(self.train.labels.numpy(), int(n), seed))
+        idx = torch.as_tensor(list(n), dtype=torch.int64)
+        if idx.numel() == 0:
+            raise ConfigError("calibration is an empty list of indices; pass at least one training-image index.")
+        if int(idx.min()) < 0 or int(idx.max()) >= len(self.train):
+            raise ConfigError(f"calibration indices must lie in 0..{len(self.train) - 1} (the training split of "
+                              f"{self.name}), got {int(idx.min())}..{int(idx.max())}.")
+        return idx
+
+    def calibration(self, n: int | Sequence[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalized training images and their labels at :meth:`calibration_indices` ``(n, seed)``."""
+        idx = self.calibration_indices(n, seed)
+        return self.normalize(self.train.images[idx]), self.train.labels[idx].clone()
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """Zeros of shape (batch, C, H, W), float32."""
@@ -456,6 +505,16 @@ class DataBundle:
         h, w = self.image_size
         return (f"{self.name}: {len(self.train)} train / {len(self.test)} test, {self.in_channels}×{h}×{w}, "
                 f"{self.num_classes} classes ({self.source})")
+
+
+def one_class_warning(data: DataBundle) -> str | None:
+    """A sentence when the training labels hold fewer than two classes (a classifier learns nothing), else None."""
+    present = torch.unique(data.train.labels).numel() if len(data.train) else 0
+    if present >= 2:
+        return None
+    return (f"the training split of {data.name} holds {present} class{'es' if present != 1 else ''} "
+            f"({data.num_classes} declared); a classifier needs at least two, so any accuracy on it is meaningless — "
+            "check the labels (or the class sub-folders).")
 
 
 def make_bundle(
@@ -476,10 +535,14 @@ def make_bundle(
         raise DataError(f"data set {name} has no training images; check its files ({source}).")
     mean, std = channel_stats(train.images)
     _, c, h, w = train.images.shape
-    return DataBundle(
+    bundle = DataBundle(
         name=name, train=train, test=test, num_classes=len(classes), in_channels=int(c), image_size=(int(h), int(w)),
         mean=mean, std=std, classes=list(classes), hflip=bool(hflip), crop_padding=int(crop_padding), source=source,
     )
+    message = one_class_warning(bundle)
+    if message:
+        warnings.warn(message, stacklevel=2)
+    return bundle
 
 
 # --------------------------------------------------------------------------------------------

@@ -74,7 +74,18 @@ def evaluate(model: nn.Module, data_or_loader: Any, split: str = "test", batch_s
         raise ConfigError(f"limit must be None or at least 1, got {limit}; pass None to use the whole split.")
     dev = resolve_device(device, model)
     bundle = is_bundle(data_or_loader)
+    if bundle:
+        from ..data.fit import check_fit
+
+        check_fit(model, data_or_loader, split)
+        if hasattr(data_or_loader, "split") and len(data_or_loader.split(split)) == 0:
+            raise ConfigError(f"data set {data_or_loader.name!r} has no {split} images; give them "
+                              f"(chanprune.data.from_tensors(..., {split}=(images, labels))) or evaluate another split.")
     batches = _batches(data_or_loader, split, batch_size, limit)
+    if bundle:
+        from ..progress import track
+
+        batches = track(batches, f"evaluate ({split})")
     loss_sum = torch.zeros((), dtype=accum_dtype(dev), device=dev)
     correct = torch.zeros((), dtype=torch.int64, device=dev)
     n = 0

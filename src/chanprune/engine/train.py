@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..errors import ChanpruneError, ConfigError
+from ..data.base import ImageSet, one_class_warning
+from ..errors import ChanpruneError, ConfigError, DataError
 from ..progress import Bar
 from .checkpoint import (
     CheckpointError,
@@ -238,6 +239,10 @@ def train(model: nn.Module, data: Any, config: TrainConfig | None = None, *,
     if not is_bundle(data):
         raise ConfigError(f"train() needs a DataBundle with a .loader() method, got {type(data).__name__}; "
                           "load one with chanprune.data.load_data(...).")
+    if isinstance(getattr(data, "train", None), ImageSet):
+        problem = one_class_warning(data)
+        if problem:
+            raise DataError("cannot train: " + problem)
     ddp = distributed.is_distributed()
     world = distributed.world_size()
     if ddp and config.batch_size < world:

@@ -247,9 +247,9 @@ def _example(model: nn.Module, data, example_inputs) -> torch.Tensor:
     """The example input, on the model's device."""
     if example_inputs is not None:
         return to_device(example_inputs, model)
-    if data is not None and hasattr(data, "example_input"):
-        return to_device(data.example_input(1), model)
-    raise ConfigError("pass data=... (a DataBundle) or example_inputs=... so the layers' input sizes are known.")
+    from ..calibration import example_input
+
+    return to_device(example_input(data, None), model)
 
 
 def plan_decomposition(model: nn.Module, config: DecomposeConfig | None = None, *, data=None,

@@ -142,7 +142,8 @@ def _greedy(session, floor, residuals, exceed: bool):
 
 def hierarchical_planner(session: PruneSession) -> dict[int, list[int]]:
     cfg: HierarchicalConfig = session.config
-    result = analyze(session.work, session.batches, cfg.analysis, example_inputs=session.example_inputs, graph=session.graph)
+    result = analyze(session.work, session.batches, cfg.analysis, example_inputs=session.example_inputs, graph=session.graph,
+                     samples_knob="calibration")
     floor = result.effective
     target = cfg.target
     if target is not None:

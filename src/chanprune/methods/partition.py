@@ -403,7 +403,13 @@ def partition(model: nn.Module, config: PartitionConfig, data=None, *, example_i
     if config.recover in ("bn", "compensate+bn"):
         from ..engine import recalibrate_bn
 
-        recalibrate_bn(pruned, data, num_batches=config.recover_batches, batch_size=config.batch_size)
+        if config.recover_batches is None:  # the calibration images, as every method's recover='bn'
+            if not batches:
+                raise ConfigError(f"recover={config.recover!r} re-estimates BatchNorm on the calibration images; "
+                                  "pass data=a DataBundle or (images, labels).")
+            recalibrate_bn(pruned, batches, num_batches=len(batches))
+        else:
+            recalibrate_bn(pruned, data, num_batches=config.recover_batches, batch_size=config.batch_size)
     pruned.eval()
     macs0, params0 = count(original, example)
     macs1, params1 = count(pruned, example)

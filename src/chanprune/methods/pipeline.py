@@ -19,7 +19,7 @@ import torch.nn as nn
 from .. import allocation as alloc
 from .. import distributed
 from .. import surgery
-from ..calibration import as_batches, example_input
+from ..calibration import calibration_batches, example_input
 from ..config import PruneConfig
 from ..cost import CostModel, count
 from ..criteria import ScoreContext
@@ -41,7 +41,7 @@ class PruneSession:
         self.config = config
         self.data = data
         self.example_inputs = example_input(data, example_inputs)
-        self.batches = as_batches(data, config.calibration, config.batch_size, config.seed)
+        self.batches, self.calibration = calibration_batches(data, config.calibration, config.batch_size, config.seed)
         self.work = copy.deepcopy(model).eval()
         self.graph = PruningGraph(self.work, self.example_inputs, ignored_layers=config.ignored_layers)
         self.example_inputs = self.graph.example_inputs  # on the model's device
@@ -118,6 +118,9 @@ def run_pipeline(model: nn.Module, config: PruneConfig, data, example_inputs: to
         "macs": {"before": macs0, "after": macs1, "ratio": macs1 / macs0},
         "params": {"before": params0, "after": params1, "ratio": params1 / params0},
         "target": list(config.target) if config.target else None,
+        "data": getattr(data, "name", None),
+        "input_shape": list(session.example_inputs.shape[1:]),
+        "calibration": session.calibration,
         "verified": report.verified,
         "verify_max_rel_error": report.max_rel_error,
         "excluded_groups": report.excluded,
@@ -132,7 +135,8 @@ def run_pipeline(model: nn.Module, config: PruneConfig, data, example_inputs: to
         if abs(achieved - value) > config.tolerance * value and session.search_result is not None:
             record["warning"] = (
                 f"landed at {achieved:.2%} of the {kind}, not within {config.tolerance:.0%} of {value:.0%}: "
-                "channel counts are too coarse for this model; try round_to=None or a nearby target."
+                "channel counts are too coarse for this model; try "
+                + ("round_to=None or " if config.round_to is not None else "") + "a nearby target."
             )
     history = list(getattr(model, "chanprune_history", []))
     history.append(record)

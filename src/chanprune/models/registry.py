@@ -91,12 +91,44 @@ def _first_doc_line(obj: Any) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+ENTRY_POINT_GROUP = "chanprune.models"
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Import what installed packages declare under the ``chanprune.models`` entry-point group (once).
+
+    An entry point names a module that registers its models with :func:`register_model` when imported, or a
+    builder itself, which is then registered under the entry point's name. A package that fails to import is
+    reported with a warning and skipped, so one broken plugin does not take the zoo down.
+    """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    import warnings
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a third-party import can fail in any way
+            warnings.warn(f"the {ENTRY_POINT_GROUP} entry point {ep.name!r} ({ep.value}) failed to import "
+                          f"({type(exc).__name__}: {exc}); its models are unavailable.", stacklevel=2)
+            continue
+        if callable(obj) and not inspect.ismodule(obj) and ep.name not in _REGISTRY:
+            register_model(ep.name)(obj)
+
+
 def list_models() -> list[str]:
-    """Names of all registered models, sorted."""
+    """Names of all registered models (installed plugins included), sorted."""
+    load_plugins()
     return sorted(_REGISTRY)
 
 
 def _entry(name: str) -> _Entry:
+    if isinstance(name, str) and name not in _REGISTRY:
+        load_plugins()
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ModelError(
             f"unknown model {name!r}; choose one of: {', '.join(list_models()) or '(none registered)'}"

@@ -399,6 +399,9 @@ def apply_compensation(
     """
     if not batches:
         raise ConfigError("recover='compensate' needs calibration images; pass data=a DataBundle or (images, labels).")
+    from ..progress import track
+
+    batches = track(batches, "compensation (consumer statistics)")
     return compensate_model(
         original, pruned, graph, plan, batches, ridge=ridge, rescale=rescale,
         sampling_stride=sampling_stride, residual=residual, full=False, moments=moments,

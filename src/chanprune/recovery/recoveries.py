@@ -11,11 +11,20 @@ def no_recovery(ctx: RecoveryContext) -> dict:
     return {}
 
 
-@register_recovery("bn", summary="BN re-estimated",
-                   needs_training_data="re-estimates BatchNorm statistics from training images")
+_SHUFFLED = "re-estimates BatchNorm statistics from shuffled training batches (recover_batches=N)"
+
+
+@register_recovery("bn", summary="BN re-estimated", needs_training_data=_SHUFFLED)
 def bn_recalibration(ctx: RecoveryContext) -> dict:
-    recalibrate_bn(ctx.pruned, ctx.data, num_batches=ctx.config.recover_batches, batch_size=ctx.config.batch_size)
-    return {}
+    """BatchNorm statistics re-estimated, exactly (cumulative average), from the calibration images by default,
+    or from ``recover_batches`` shuffled training batches; the record says which."""
+    cfg = ctx.config
+    if cfg.recover_batches is None:
+        seen = recalibrate_bn(ctx.pruned, ctx.batches, num_batches=len(ctx.batches))
+        return {"bn_recalibration": {"images": seen, "source": "the calibration images"}}
+    seen = recalibrate_bn(ctx.pruned, ctx.data, num_batches=cfg.recover_batches, batch_size=cfg.batch_size, seed=cfg.seed)
+    return {"bn_recalibration": {"images": seen, "source": f"{cfg.recover_batches} shuffled training batches of "
+                                                          f"{cfg.batch_size}, seed {cfg.seed}"}}
 
 
 @register_recovery("compensate", summary="consumers refit", refits_consumers=True)
@@ -24,8 +33,6 @@ def compensation(ctx: RecoveryContext) -> dict:
 
 
 @register_recovery("compensate+bn", summary="consumers refit, BN re-estimated", refits_consumers=True,
-                   needs_training_data="re-estimates BatchNorm statistics from training images")
+                   needs_training_data=_SHUFFLED)
 def compensation_then_bn(ctx: RecoveryContext) -> dict:
-    notes = compensation(ctx)
-    bn_recalibration(ctx)
-    return notes
+    return {**compensation(ctx), **bn_recalibration(ctx)}

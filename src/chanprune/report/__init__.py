@@ -165,7 +165,7 @@ def _analysis_section(dense, data, samples: int) -> str:
     out = _p(f"{cfg.reading} reading, {cfg.rule} rule at {cfg.threshold}, N = {result.samples} calibration images: "
              f"about {result.max_compression_macs:.1%} of the MACs ({result.max_compression_params:.1%} of the parameters) "
              "can be removed before the effective filters are cut into.")
-    out += _img(plots.spectra([g.eigenvalues for g in result.groups]), "singular-value spectra")
+    out += _img(plots.spectra([g.eigenvalues for g in result.groups], result.matrix), "singular-value spectra")
     out += _img(plots.max_rates([g.name for g in result.groups], [g.max_rate for g in result.groups],
                                 result.max_compression_macs), "maximum rate per group")
     out += _img(plots.rate_curve([r["threshold"] for r in curve], [r["max_compression_macs"] for r in curve],

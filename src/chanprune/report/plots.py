@@ -42,8 +42,8 @@ def widths(names: Sequence[str], before: Sequence[int], after: Sequence[int], un
     return png(fig)
 
 
-def spectra(eigenvalues: Sequence[Sequence[float]]) -> bytes:
-    """Normalised singular values σ_i/σ_1 of each group's gradient matrix, coloured by depth."""
+def spectra(eigenvalues: Sequence[Sequence[float]], matrix: str = "gradient matrix") -> bytes:
+    """Normalised singular values σ_i/σ_1 of each group's ``matrix`` (the reading's), coloured by depth."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     cmap = plt.get_cmap("viridis")
@@ -54,7 +54,7 @@ def spectra(eigenvalues: Sequence[Sequence[float]]) -> bytes:
                         color=cmap(i / max(1, len(eigenvalues) - 1)), lw=1)
     ax.set_xlabel("index i")
     ax.set_ylabel("σ_i / σ_1")
-    ax.set_title("Singular-value spectra of each group's gradient matrix (colour = depth)")
+    ax.set_title(f"Singular-value spectra of each group's {matrix} (colour = depth)", fontsize=9)
     return png(fig)
 
 
@@ -62,7 +62,7 @@ def max_rates(names: Sequence[str], rates: Sequence[float], network: float) -> b
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(7.0, 0.28 * len(names) + 2), 4.0))
     ax.bar(np.arange(len(names)), rates, color="tab:green")
-    ax.axhline(network, color="k", ls="--", lw=1, label=f"network: {network:.0%} of the MACs removable")
+    ax.axhline(network, color="k", ls="--", lw=1, label=f"network: {network:.1%} of the MACs removable")
     ax.set_xticks(np.arange(len(names)))
     ax.set_xticklabels(names, rotation=90, fontsize=7)
     ax.set_ylim(0, 1)
