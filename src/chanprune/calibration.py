@@ -38,6 +38,9 @@ def calibration_batches(data: Any, calibration: int | Sequence[int], batch_size:
         x, y = data.calibration(idx)
         how = f"stratified subset, seed {seed}" if count is not None else "indices given"
         record = {"source": f"{data.name} train split ({how})", "images": len(idx), "indices": idx.tolist()}
+    elif hasattr(data, "calibration") and count is not None:  # a bundle-like object without indices
+        x, y = data.calibration(count, seed=seed)
+        record = {"source": f"{type(data).__name__}.calibration({count}, seed={seed})", "images": len(x)}
     elif is_pair(data):
         images, labels = data
         if len(images) != len(labels):

@@ -911,7 +911,7 @@ def _write_report(out: Path, model, dense, bundle, record: dict) -> Path:
 @app.command()
 def report(run_dir: str = typer.Argument(..., help="a run folder: model.json/.safetensors and record.json (prune, decompose, ...)"),
            baseline: Optional[str] = typer.Option(None, help="dense model stem (default: the record's source)"),
-           data: Optional[str] = typer.Option(None, help="data set (default: the record's)"), root: Optional[str] = typer.Option(None),
+           data: Optional[str] = typer.Option(None, help="data set (default: the record's)"), root: Optional[str] = ROOT,
            out: Optional[str] = typer.Option(None, help="HTML file (default: RUN_DIR/report.html)")):
     """One self-contained HTML page of a run: widths before/after, effective filters, accuracy, MACs, latency, checks, config."""
     from .errors import LoadError
