@@ -23,7 +23,7 @@ run: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -p no:cacheprovider tests
 
-# The recovery protocol on runs/zoo, then the README tables (resumable; `$(PY) -m bench.run_all --help`).
+# The recovery protocol on zoo, then the README tables (resumable; `$(PY) -m bench.run_all --help`).
 bench: $(STAMP)
 	$(PY) -m bench.run_all $(BENCH_ARGS)
 

@@ -157,7 +157,7 @@ class Bench:
     """One checkpoint and its data: the dense model, its record, the test subset and the calibration images.
 
     ``zoo`` is the folder holding ``<folder>/model.json``, ``model.safetensors`` and ``record.json``
-    (``checkpoints/`` for the shipped models, ``runs/zoo/`` for a retrained zoo). Every accuracy is measured on
+    (``checkpoints/`` for the shipped models, ``zoo/`` for a retrained zoo). Every accuracy is measured on
     the CPU in eval mode on the same test subset; the calibration images are the same for every method.
     """
 

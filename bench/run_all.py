@@ -16,7 +16,7 @@ import sys
 
 from bench.harness import ROOT
 
-ZOO = "runs/zoo"
+ZOO = "zoo"
 # name -> (group, argv). "protocol": the scoreboard's recovery protocol on the retrained zoo, then the README;
 # "studies": the per-method studies on the shipped checkpoints; "quick": the smoke checks.
 STEPS = {

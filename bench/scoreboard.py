@@ -12,7 +12,7 @@ before and after BatchNorm re-estimation (no fine-tune), accuracy after a fine-t
 step, the calibration images used, the seed and the versions. One JSON per model; every finished row is written
 at once (atomically) and rows already present are skipped, so a killed run resumes where it stopped.
 
-The recovery protocol (``--protocol``), the same for every method, on any zoo folder (``--zoo runs/zoo``):
+The recovery protocol (``--protocol``), the same for every method, on any zoo folder (``--zoo zoo``):
 
   (a) no fine-tune: every method at every target, BatchNorm re-estimated on the calibration images (the same
       images every method prunes with);
@@ -25,9 +25,9 @@ within the larger seed std after a fine-tune, within one binomial standard error
 Each protocol writes to its own folder, bench/results/<zoo>_protocol_<p>/, so rows of different protocols,
 zoos and recipes never share a file:
 
-    python -m bench.scoreboard --zoo runs/zoo --protocol a
-    python -m bench.scoreboard --zoo runs/zoo --protocol b --finetune-device auto
-    python -m bench.scoreboard --zoo runs/zoo --protocol c --finetune-device auto
+    python -m bench.scoreboard --zoo zoo --protocol a
+    python -m bench.scoreboard --zoo zoo --protocol b --finetune-device auto
+    python -m bench.scoreboard --zoo zoo --protocol c --finetune-device auto
     python -m bench.make_readme protocol        # (a) and (b), best against best, into the README's protocol section
 
 Peers run through Torch-Pruning's own public API as its users call it: ``tp.pruner.BasePruner`` with

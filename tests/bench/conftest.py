@@ -18,7 +18,7 @@ def report():
 
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory):
-    """A zoo folder in the layout the lead trains into (runs/zoo/<model>_<data>/): a half-width ResNet-20
+    """A zoo folder in the layout the lead trains into (zoo/<model>_<data>/): a half-width ResNet-20
     briefly trained on sklearn's digits, saved with chanprune.save, and its record.json."""
     import json
 
