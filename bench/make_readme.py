@@ -11,6 +11,7 @@ Sections are delimited by <!-- NAME:start --> / <!-- NAME:end --> markers:
   trp        — bench/results/trp_<model>.json (bench/trp.py)
   cacp       — bench/results/cacp_<model>.json (bench/cacp.py), plus bench/plots/cacp_<model>.png
   fresh      — bench/results/fresh_clone.json (bench/fresh_clone.py): the two set-up commands timed on a fresh clone
+  deploy     — bench/results/deploy.json (bench/deploy.py): eager vs onnxruntime latency, planned vs auto-rounded widths
 A section whose sources are missing says so instead of showing numbers.
 """
 from __future__ import annotations
@@ -378,9 +379,16 @@ def cacp_section() -> str:
     return "\n\n".join(cacp_bench.report(f) for f in files)
 
 
+def deploy_section() -> str:
+    """Eager vs onnxruntime latency, planned vs latency-aware widths (bench/deploy.py), from bench/results/deploy.json."""
+    from bench.deploy import section
+
+    return section()
+
+
 SECTIONS = {"zoo": zoo_section, "effective": effective_section, "results": results_section,
             "protocol": protocol_section, "trp": trp_section, "recovery": recovery_section, "cacp": cacp_section,
-            "fresh": fresh_section}
+            "fresh": fresh_section, "deploy": deploy_section}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ STEPS = {
     "trp_resnet20": ("studies", ["bench.trp", "resnet20"]),
     "scoreboard_original": ("studies", ["bench.scoreboard", "--supervise"]),
     "fuzz_surgery": ("studies", ["bench.fuzz_surgery"]),
+    "deploy": ("studies", ["bench.deploy"]),
     "scoreboard_quick": ("quick", ["bench.scoreboard", "--quick"]),
     "recovery_quick": ("quick", ["bench.recovery", "resnet56", "--quick", "--methods", "l1,cp"]),
     "effective_quick": ("quick", ["bench.effective_filters", "resnet20", "--quick", "--parts", "sweep"]),

@@ -250,7 +250,7 @@ def layer_profile(models: dict[str, nn.Module], input_shape: Sequence[int], batc
     block (a 45-channel layer computes 48), then strips the padding again ("layout reorders").
     Conv/linear kernels are paired across the models by position (pruning keeps the topology); the other nodes
     (layout reorders, pooling, ...) are summed per op. Returns ``{"batch", "threads", "runs", "layers": [{"layer",
-    "op", name: {"ms", "weight", "executed_macs"}}], "total_ms": {name: ms}}``.
+    "op", name: {"ms" (median), "min_ms", "weight", "executed_macs"}}], "total_ms": {name: ms}}``.
     """
     import json as _json
 
@@ -285,17 +285,18 @@ def layer_profile(models: dict[str, nn.Module], input_shape: Sequence[int], batc
                 args = info[node]
                 op = args.get("op_name", "?")
                 ms = float(np.median(durs[-runs:]))
+                fastest = float(np.min(durs[-runs:]))  # the least disturbed run: robust where other processes preempt
                 ins = [next(iter(t.values())) for t in args.get("input_type_shape", [])]
                 outs = [next(iter(t.values())) for t in args.get("output_type_shape", [])]
                 if op in _COMPUTE_OPS and len(ins) >= 2 and outs:
                     # conv weight [out, in/groups, kh, kw]: each output element costs prod(weight[1:]) MACs;
                     # a linear layer's output element costs its input width
                     weight = ins[1] if op in ("Conv", "FusedConv") else [outs[0][-1], ins[0][-1]]
-                    compute.append({"layer": _layer_name(node), "op": op, "ms": ms, "weight": weight,
+                    compute.append({"layer": _layer_name(node), "op": op, "ms": ms, "min_ms": fastest, "weight": weight,
                                     "executed_macs": int(np.prod(outs[0]) * np.prod(weight[1:])) // batch})
                 else:
                     label = "layout reorders (NCHW ↔ NCHWc)" if op.startswith("Reorder") else op
-                    other[label] = other.get(label, 0.0) + ms
+                    other[label] = [a + b for a, b in zip(other.get(label, (0.0, 0.0)), (ms, fastest))]
             per_model[name] = {"compute": compute, "other": other}
     # the models share their topology: kernels pair by layer name, else (fusion can rename a node) by position
     first = next(iter(models))
@@ -307,7 +308,8 @@ def layer_profile(models: dict[str, nn.Module], input_shape: Sequence[int], batc
             row[n] = next((k for k in kernels if k["layer"] == ref["layer"]), kernels[i] if i < len(kernels) else None)
         rows.append(row)
     labels = list(dict.fromkeys(k for v in per_model.values() for k in v["other"]))
-    rows += [{"layer": label, "op": label, **{n: {"ms": per_model[n]["other"].get(label, 0.0), "weight": None, "executed_macs": 0}
-                                            for n in models}} for label in labels]
+    rows += [{"layer": label, "op": label,
+              **{n: {"ms": per_model[n]["other"].get(label, (0.0, 0.0))[0], "min_ms": per_model[n]["other"].get(label, (0.0, 0.0))[1],
+                     "weight": None, "executed_macs": 0} for n in models}} for label in labels]
     return {"batch": batch, "threads": threads, "runs": runs, "layers": rows,
             "total_ms": {n: sum(r[n]["ms"] for r in rows) for n in models}}
