@@ -165,8 +165,31 @@ def section(doc: dict | None = None) -> str:
            "MAC reduction became speed).", "", markdown(doc), "",
            "Where the time goes (onnxruntime's profiler, batch 32, each kernel's fastest of "
            f"{c['profile_runs']} runs; a kernel's executed MACs include the channels onnxruntime pads to its vector "
-           "block):", "", where_it_goes(doc)]
+           "block):", "", where_it_goes(doc), "", verdict(doc)]
     return "\n".join(out)
+
+
+def verdict(doc: dict, goal: float = 0.8) -> str:
+    """The issue's goal, counted from the rows: onnxruntime batch-32 speed-up ≥ goal × the MAC reduction (p10s)."""
+    rows = {n: r for n, r in doc.get("models", {}).items()}
+
+    def ratio(r, v):
+        return r["speedup_p10"]["onnxruntime"][v]["32"] / r["mac_reduction"][v]
+
+    plain = [ratio(r, "plain") for r in rows.values()]
+    met = [n for n, r in rows.items() if ratio(r, "auto") >= goal]
+    missed = [f"{n} ({ratio(r, 'auto'):.2f}; rounding to {r['rounding']['chosen']} chosen"
+              + (f", {'/'.join(sorted(r['rounding']['refused'], key=int))} refused" if r["rounding"].get("refused") else "") + ")"
+              for n, r in rows.items() if ratio(r, "auto") < goal]
+    text = (f"onnxruntime, batch 32: with the planned widths the speed-up is {min(plain):.2f}–{max(plain):.2f} of the MAC "
+            f"reduction; with latency-aware rounding {len(met)} of {len(rows)} checkpoints reach {goal:.1f} or more"
+            + (f" ({', '.join(met)})" if met else "") + ".")
+    if missed:
+        text += (f" Below it: {', '.join(missed)} — their kernels still execute more MACs than the model keeps (the "
+                 "'kernels executed' column: onnxruntime pads each conv's output channels to its vector block, 16 floats "
+                 "with AVX-512), and the coarser rounding that would remove that padding was refused because it could "
+                 "not meet the MAC target without moving some group more than one block from the allocation's plan.")
+    return text
 
 
 def main() -> None:

@@ -54,7 +54,9 @@ def spectra(eigenvalues: Sequence[Sequence[float]], matrix: str = "gradient matr
                         color=cmap(i / max(1, len(eigenvalues) - 1)), lw=1)
     ax.set_xlabel("index i")
     ax.set_ylabel("σ_i / σ_1")
-    ax.set_title(f"Singular-value spectra of each group's {matrix} (colour = depth)", fontsize=9)
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(f"Singular-value spectra of each group's {matrix} (colour = depth)", 80)), fontsize=9)
     return png(fig)
 
 
