@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="also save the resumable state every N optimizer steps (0: at epoch ends only); a run killed "
+                        "mid-epoch then loses at most N steps")
     p.add_argument("--model-kwargs", default="{}", help="JSON dict of extra create_model arguments, e.g. '{\"width\": 0.5}'")
     p.add_argument("--out", default=None, help="folder (default checkpoints/<model>_<data>)")
     args = p.parse_args(argv)
@@ -44,7 +47,8 @@ def main(argv=None) -> int:
     kwargs = json.loads(args.model_kwargs)
     model = chanprune.create_model(args.model, num_classes=data.num_classes, in_channels=data.in_channels, **kwargs)
     out = Path(args.out) if args.out else ROOT / "checkpoints" / f"{args.model}_{args.data}"
-    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, limit_train=args.limit)
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, limit_train=args.limit,
+                         checkpoint_every=args.checkpoint_every)
     t0 = time.time()
     history = train(model, data, config, checkpoint_dir=ROOT / "runs" / "train" / out.name, progress=True, eval_each_epoch=False)
     seconds = time.time() - t0
