@@ -386,9 +386,19 @@ def deploy_section() -> str:
     return section()
 
 
+def partition_section() -> str:
+    """Partition pruning: accuracy vs P, measured and simulated latency (bench/partition.py), from bench/results/partition.json."""
+    path = RESULTS / "partition.json"
+    if not path.exists():
+        return "_Not run yet: `OMP_NUM_THREADS=1 python -m bench.partition`._"
+    from bench.partition import readme_section
+
+    return readme_section(json.loads(path.read_text())).rstrip()
+
+
 SECTIONS = {"zoo": zoo_section, "effective": effective_section, "results": results_section,
             "protocol": protocol_section, "trp": trp_section, "recovery": recovery_section, "cacp": cacp_section,
-            "fresh": fresh_section, "deploy": deploy_section}
+            "fresh": fresh_section, "deploy": deploy_section, "partition": partition_section}
 
 
 def main(argv: list[str] | None = None) -> int:
