@@ -381,8 +381,10 @@ def simulate(run: PartitionedRun, x: torch.Tensor, links: Sequence[Link], *, rep
     P, batch, item = run.parts, x.shape[0], x.element_size()
 
     # a chain alone: its blocks read parts of other devices from a local copy (the exchange is costed below)
-    def exchange_stub(layer, xq, state={}):
-        return state.setdefault(id(layer), [torch.zeros(batch, s) for s in layer.in_sizes])
+    stand_ins: dict[int, list[torch.Tensor]] = {}
+
+    def exchange_stub(layer, xq):
+        return stand_ins.setdefault(id(layer), [torch.zeros(batch, s, dtype=x.dtype) for s in layer.in_sizes])
 
     chain = [_median_time(lambda p=p: run.step_chain(p, parts[p], exchange_stub), repeats) for p in range(P)]
     single = _median_time(lambda: run.single(x), repeats)
