@@ -80,7 +80,7 @@ def _parse(path):
 def test_report_has_every_section_and_inline_images(tmp_path, kind):
     dense = tiny("resnet20")
     model = KINDS[kind]("resnet20")
-    path = render_report(tmp_path / "r.html", model=model, dense=dense, data=Digits12(), analysis_samples=32,
+    path = render_report(tmp_path / "r.html", model=model, dense=dense, data=Digits12(), analysis_samples=64,
                          latency_repeats=2)
     page = _parse(path)
     assert list(page.sections) == list(SECTIONS)
