@@ -1,7 +1,7 @@
 """Issue 19 benchmark: one conditional CACP search exported at 5 rates vs a dedicated search per rate vs bisection.
 
-    OMP_NUM_THREADS=1 python bench/cacp.py                 # writes bench/results/cacp_resnet20.json
-    OMP_NUM_THREADS=1 python bench/cacp.py --report        # README table + plot from the JSON only
+    OMP_NUM_THREADS=1 python -m bench.cacp                 # writes bench/results/cacp_resnet20.json
+    OMP_NUM_THREADS=1 python -m bench.cacp --report        # README table + plot from the JSON only
 
 On the shipped ResNet-20 Fashion-MNIST checkpoint (the *old* under-trained one: 3 epochs on 30,000 images;
 the retrained zoo is not ready yet), rates are fractions of the dense MACs KEPT:
@@ -16,86 +16,83 @@ the retrained zoo is not ready yet), rates are fractions of the dense MACs KEPT:
 Every model has the same recovery (recover='compensate' from the same 256 calibration images) and no
 fine-tune. Accuracy is on a fixed stratified subset of the test split (``--test-limit``); the searches
 reward accuracy on 256 training images disjoint from the calibration images and never read the test split.
-Search wall time is measured in this process with 1 thread. Each finished row is written to the JSON at
-once and skipped when the script runs again (policies under runs/bench_cacp/), so a killed run resumes.
+Search cost is measured in this process with 1 thread, as CPU seconds (robust to other processes on a shared
+machine) and wall seconds. Checkpoint, test subset and results file come from bench/harness.py; each
+finished row is written at once and skipped when the script runs again (policies under runs/bench_cacp/),
+so a killed run resumes.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 
-import chanprune
-from chanprune._atomic import write_text_atomic
+from bench.harness import RESULTS, ROOT, Bench, Results, kept, versions
 from chanprune.criteria import L1Config
 from chanprune.errors import ChanpruneError
 from chanprune.methods.cacp import CACPConfig, CACPFamily, CACPPolicy, search
 from chanprune.methods.hierarchical import HierarchicalConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 RUNS = ROOT / "runs" / "bench_cacp"
 SUPPORT = (0.3, 0.5, 0.7)
 EXPORT = (0.3, 0.4, 0.5, 0.6, 0.7)
+CALIBRATION = 256
 CHECKPOINT_NOTE = ("the shipped checkpoint is the old under-trained one (3 epochs on 30,000 training images); "
                    "the retrained zoo was not ready when this ran")
 
 
-class Bench:
+class CACPBench:
     def __init__(self, args):
         self.args = args
-        self.path = RESULTS / f"cacp_{args.model}.json"
         self.runs = RUNS / args.model
-        self.doc = json.loads(self.path.read_text()) if self.path.exists() else {"rows": {}}
-        self.doc["setup"] = {
+        self.bench = None
+        self.results = Results(RESULTS / f"cacp_{args.model}.json", header={"setup": {
             "checkpoint": f"checkpoints/{args.model}_fashion_mnist/model", "checkpoint_note": CHECKPOINT_NOTE,
             "rate_convention": "fraction of the dense model's MACs kept",
             "support": list(SUPPORT), "export": list(EXPORT), "warmup": args.warmup, "episodes": args.episodes,
             "episodes_note": "per search: the conditional search spreads them over the 3 support rates, each dedicated search spends them on its one rate",
-            "val_images": args.val_images, "calibration": 256, "test_images": args.test_limit, "threads": torch.get_num_threads(),
+            "val_images": args.val_images, "calibration": CALIBRATION, "test_images": args.test_limit, "threads": 1,
             "recover": "compensate", "finetune": None,
-            "command": f"OMP_NUM_THREADS=1 python bench/cacp.py --model {args.model} --warmup {args.warmup} --episodes {args.episodes} "
+            "command": f"OMP_NUM_THREADS=1 python -m bench.cacp --model {args.model} --warmup {args.warmup} --episodes {args.episodes} "
                        f"--val-images {args.val_images} --test-limit {args.test_limit}",
-            "machine": platform.machine(), "torch": torch.__version__,
-        }
-        self.data = None
-        self.model = None
+            "versions": versions()}})
 
-    def load(self):
-        if self.model is None:
-            self.data = chanprune.load_data("fashion_mnist")
-            self.model = chanprune.load(ROOT / "checkpoints" / f"{self.args.model}_fashion_mnist" / "model").eval()
-
-    def save(self):
-        write_text_atomic(self.path, json.dumps(self.doc, indent=1))
+    @property
+    def b(self) -> Bench:
+        if self.bench is None:
+            self.bench = Bench(f"{self.args.model}_fashion_mnist", "fashion_mnist", test_images=self.args.test_limit,
+                               calibration_images=CALIBRATION)
+        return self.bench
 
     def row(self, key, fn):
-        if key in self.doc["rows"]:
-            return self.doc["rows"][key]
-        self.load()
+        done = self.results.row(key)
+        if done is not None:
+            return done
         print(f"[cacp bench] {key} ...", flush=True)
-        self.doc["rows"][key] = fn()
-        self.save()
-        print(f"[cacp bench] {key}: {json.dumps({k: v for k, v in self.doc['rows'][key].items() if k != 'log'})[:300]}", flush=True)
-        return self.doc["rows"][key]
+        row = {"key": key, **fn()}
+        self.results.add(row)
+        print(f"[cacp bench] {key}: {json.dumps({k: v for k, v in row.items() if k != 'log'})[:300]}", flush=True)
+        return row
 
-    def measure(self, pruned, seconds=None):
+    def measure(self, pruned, wall=None, cpu=None):
         rec = pruned.chanprune_history[-1]
-        acc = chanprune.evaluate(pruned, self.data, limit=self.args.test_limit)["accuracy"]
-        out = {"accuracy": acc, "macs_ratio": rec["macs"]["ratio"], "macs": rec["macs"]["after"],
-               "params_ratio": rec["params"]["ratio"], "verified": rec["verified"],
-               "kept": [g["kept"] for g in rec["groups"]]}
-        if seconds is not None:
-            out["seconds"] = seconds
+        out = {"accuracy": self.b.accuracy(pruned), "macs_ratio": kept(rec), "macs": rec["macs"]["after"],
+               "params_ratio": kept(rec, "params"), "verified": rec["verified"], "kept": [g["kept"] for g in rec["groups"]]}
+        if wall is not None:
+            out.update(seconds=wall, cpu_seconds=cpu)
         return out
+
+    def timed(self, make):
+        t0, c0 = time.perf_counter(), time.process_time()
+        pruned = make()
+        return self.measure(pruned, time.perf_counter() - t0, time.process_time() - c0)
 
     def cfg(self, **kw):
         return CACPConfig(warmup=self.args.warmup, episodes=self.args.episodes, val_images=self.args.val_images,
-                          calibration=256, seed=0, **kw)
+                          calibration=CALIBRATION, seed=0, **kw)
 
     def searched(self, key, cfg):
         """Run (or reload) a search; the policy is kept under runs/ so exports resume without searching."""
@@ -103,18 +100,24 @@ class Bench:
 
         def run():
             t0, c0 = time.perf_counter(), time.process_time()
-            policy = search(self.model, cfg, self.data)
+            policy = search(self.b.dense, cfg, self.b.data)
             policy.save(stem)
             return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "episodes": len(policy.log),
                     "episode_seconds": sum(e["seconds"] for e in policy.log) / len(policy.log),
                     "best": policy.best, "log": policy.log}
 
         self.row(key, run)
-        self.load()
-        return CACPFamily(self.model, CACPPolicy.load(stem), self.data)
+        return CACPFamily(self.b.dense, CACPPolicy.load(stem), self.b.data)
+
+    def baseline(self, config):
+        try:
+            pruned, _record, seconds = self.b.prune(config)
+        except ChanpruneError as exc:
+            return {"refused": str(exc)}
+        return self.measure(pruned, seconds, None)
 
     def run(self):
-        self.row("dense", lambda: {"accuracy": chanprune.evaluate(self.model, self.data, limit=self.args.test_limit)["accuracy"]})
+        self.row("dense", lambda: {"accuracy": self.b.dense_accuracy})
         family = self.searched("search/cacp", self.cfg(support=SUPPORT))
         for r in EXPORT:
             self.row(f"cacp/actor/{r:g}", lambda: self.timed(lambda: family.at(r)))
@@ -124,30 +127,17 @@ class Bench:
             amc = self.searched(f"search/amc/{r:g}", self.cfg(support=(r,), conditional=False))
             self.row(f"amc/best/{r:g}", lambda: self.timed(lambda: amc.at(r, source="best")))
             self.row(f"amc/actor/{r:g}", lambda: self.timed(lambda: amc.at(r)))
-        for name, make in (("uniform", lambda r: L1Config(target_macs=r, allocation="uniform", recover="compensate", calibration=256)),
-                           ("global", lambda r: L1Config(target_macs=r, allocation="global", recover="compensate", calibration=256)),
-                           ("hierarchical", lambda r: HierarchicalConfig(target_macs=r, recover="compensate", calibration=256))):
+        for name, make in (("uniform", lambda r: L1Config(target_macs=r, allocation="uniform", recover="compensate", calibration=CALIBRATION)),
+                           ("global", lambda r: L1Config(target_macs=r, allocation="global", recover="compensate", calibration=CALIBRATION)),
+                           ("hierarchical", lambda r: HierarchicalConfig(target_macs=r, recover="compensate", calibration=CALIBRATION))):
             for r in EXPORT:
-                self.row(f"{name}/{r:g}", lambda: self.baseline(make, r))
-
-    def timed(self, make):
-        t0, c0 = time.perf_counter(), time.process_time()
-        pruned = make()
-        return {**self.measure(pruned, time.perf_counter() - t0), "cpu_seconds": time.process_time() - c0}
-
-    def baseline(self, make, r):
-        t0 = time.perf_counter()
-        try:
-            pruned = chanprune.prune(self.model, make(r), self.data)
-        except ChanpruneError as exc:
-            return {"refused": str(exc)}
-        return self.measure(pruned, time.perf_counter() - t0)
+                self.row(f"{name}/{r:g}", lambda: self.baseline(make(r)))
 
 
 def report(path: Path) -> str:
     """The README table (markdown) and the plot, from the JSON alone."""
     doc = json.loads(path.read_text())
-    rows, setup = doc["rows"], doc["setup"]
+    rows, setup = {r["key"]: r for r in doc["rows"]}, doc["setup"]
     dense = rows["dense"]["accuracy"]
     cond = rows["search/cacp"]
     amc_seconds = [rows[f"search/amc/{r:g}"]["seconds"] for r in setup["export"] if f"search/amc/{r:g}" in rows]
@@ -184,7 +174,7 @@ def report(path: Path) -> str:
              f"dense {dense:.2f}%. No fine-tune; every model's consumers refit in closed form from the same 256 calibration images. "
              f"Episodes per search: {setup['warmup']} random + {setup['episodes']} training; reward on {setup['val_images']} training images.\n\n"
              f"Search cost (CPU seconds, 1 thread; wall time on this shared machine in brackets): the conditional search "
-             f"{cond['cpu_seconds']:.0f} s ({cond['seconds']:.0f} s) plus {export_cpu:.0f} s to export its 5 models = {family_cpu:.0f} s, vs "
+             f"{cond['cpu_seconds']:.0f} s ({cond['seconds']:.0f} s) plus {export_cpu:.0f} s to export its {len(setup["export"])} models = {family_cpu:.0f} s, vs "
              f"{mean_amc:.0f} s ({mean_amc_wall:.0f} s) for one dedicated AMC search on average ({sum(amc_cpu):.0f} s for all five): "
              f"the family costs {family_cpu / mean_amc:.2f}× one dedicated search (goal ≤ 1.5×).\n\n"
              "Family member (actor) minus its dedicated search (AMC best episode), points: "
@@ -228,7 +218,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(1)
     if not args.report:
-        Bench(args).run()
+        CACPBench(args).run()
     print(report(RESULTS / f"cacp_{args.model}.json"))
 
 

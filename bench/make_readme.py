@@ -375,7 +375,7 @@ def cacp_section() -> str:
 
     files = sorted(RESULTS.glob("cacp_*.json"))
     if not files:
-        return "_Not run yet: `OMP_NUM_THREADS=1 python bench/cacp.py`._"
+        return "_Not run yet: `OMP_NUM_THREADS=1 python -m bench.cacp`._"
     return "\n\n".join(cacp_bench.report(f) for f in files)
 
 
