@@ -174,7 +174,7 @@ def report(path: Path) -> str:
              f"dense {dense:.2f}%. No fine-tune; every model's consumers refit in closed form from the same 256 calibration images. "
              f"Episodes per search: {setup['warmup']} random + {setup['episodes']} training; reward on {setup['val_images']} training images.\n\n"
              f"Search cost (CPU seconds, 1 thread; wall time on this shared machine in brackets): the conditional search "
-             f"{cond['cpu_seconds']:.0f} s ({cond['seconds']:.0f} s) plus {export_cpu:.0f} s to export its {len(setup["export"])} models = {family_cpu:.0f} s, vs "
+             f"{cond['cpu_seconds']:.0f} s ({cond['seconds']:.0f} s) plus {export_cpu:.0f} s to export its {len(setup['export'])} models = {family_cpu:.0f} s, vs "
              f"{mean_amc:.0f} s ({mean_amc_wall:.0f} s) for one dedicated AMC search on average ({sum(amc_cpu):.0f} s for all five): "
              f"the family costs {family_cpu / mean_amc:.2f}× one dedicated search (goal ≤ 1.5×).\n\n"
              "Family member (actor) minus its dedicated search (AMC best episode), points: "
