@@ -13,7 +13,7 @@ the retrained zoo is not ready yet), rates are fractions of the dense MACs KEPT:
   uniform, global, hierarchical
                  chanprune's MAC-target bisection: L1 with uniform or global allocation, hierarchical (proportional
                  allocation, pivoted Cholesky); every one with the same closed-form consumer refit.
-Every model has the same recovery (recover='compensate' from the same 256 calibration images) and no
+Every model has the same closed-form consumer refit from the same 256 calibration images (CACP's and AMC's own refit, recover='compensate' for the bisections) and no
 fine-tune. Accuracy is on a fixed stratified subset of the test split (``--test-limit``); the searches
 reward accuracy on 256 training images disjoint from the calibration images and never read the test split.
 Search cost is measured in this process with 1 thread, as CPU seconds (robust to other processes on a shared
@@ -55,7 +55,8 @@ class CACPBench:
             "support": list(SUPPORT), "export": list(EXPORT), "warmup": args.warmup, "episodes": args.episodes,
             "episodes_note": "per search: the conditional search spreads them over the 3 support rates, each dedicated search spends them on its one rate",
             "val_images": args.val_images, "calibration": CALIBRATION, "test_images": args.test_limit, "threads": 1,
-            "recover": "compensate", "finetune": None,
+            "refit": "closed-form consumer refit for every model (CACP and AMC: their own refit; bisection: recover='compensate')",
+            "finetune": None,
             "command": f"OMP_NUM_THREADS=1 python -m bench.cacp --model {args.model} --warmup {args.warmup} --episodes {args.episodes} "
                        f"--val-images {args.val_images} --test-limit {args.test_limit}",
             "versions": versions()}})

@@ -123,7 +123,7 @@ def test_family_exports_verified_models_within_budget_and_deterministically(fami
     for rate in (0.4, 0.55, 0.7):
         pruned = family.at(rate)
         rec = pruned.chanprune_history[-1]
-        assert rec["verified"] and rec["method"] == "cacp"
+        assert rec["verified"] and rec["method"] == "cacp" and rec["compensation"]["consumers"]
         assert rec["macs"]["ratio"] <= rate * 1.01
         assert rec["cacp"]["predicted_macs_ratio"] <= rate + 1e-9
     fresh = CACPFamily(net, family.policy, digits)
@@ -191,7 +191,7 @@ def test_amc_mode_has_no_rate_input_and_one_agent_per_rate(net, digits):
 
 
 @pytest.mark.parametrize("bad", [dict(support=()), dict(support=(0.5, 1.2)), dict(action_low=0.9, action_high=0.5),
-                                 dict(reward_norm="x"), dict(recover="bn"), dict(round_to=8)])
+                                 dict(reward_norm="x"), dict(recover="bn"), dict(recover="compensate"), dict(round_to=8)])
 def test_bad_configs_say_what_to_change(bad):
     with pytest.raises(ConfigError):
         CACPConfig(**bad)

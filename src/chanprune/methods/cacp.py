@@ -9,7 +9,8 @@ R in the trained range. Stages, in the paper's order:
               :class:`BudgetClamp` raises a_t where needed so the episode always ends at ≤ R of the MACs
   selection   within a group, the lowest channels by a registered criterion (L1 by default)
   recovery    every consumer refit in closed form (:mod:`chanprune.recovery`) from the original
-              model's input moments, cached once per search
+              model's input moments, cached once per search and once per family (the method's own
+              refit, like CP's and CaP's, so ``recover`` stays ``"none"``)
   reward      top-1 on a validation subset carved from the *training* split (disjoint from the
               calibration images; the test split is never read) divided by a per-rate normaliser
   training    R cycles through the support rates, one per episode (support[e mod |support|]);
@@ -71,6 +72,7 @@ class CACPConfig(PruneConfig):
     """
 
     method: ClassVar[str] = "cacp"
+    refits_consumers: ClassVar[bool] = True  # in every episode and at export, from moments cached once
     support: tuple[float, ...] = (0.3, 0.5, 0.7)
     conditional: bool = True
     criterion: str = "l1"
@@ -91,7 +93,7 @@ class CACPConfig(PruneConfig):
     updates_per_episode: int | None = None  # None: one per transition (the number of groups)
     reward_norm: str = "running_mean"  # "running_mean" (per rate), "paper_table", "none"
     val_images: int = 1000
-    recover: str = "compensate"
+    refit: bool = True  # the closed-form consumer refit (False: channels only removed)
 
     def __post_init__(self):
         super().__post_init__()
@@ -115,8 +117,9 @@ class CACPConfig(PruneConfig):
             raise ConfigError("warmup + episodes must be at least 1 so the search sees one episode.")
         if self.reward_norm not in ("running_mean", "paper_table", "none"):
             raise ConfigError(f"reward_norm must be 'running_mean', 'paper_table' or 'none', not {self.reward_norm!r}.")
-        if self.recover not in ("compensate", "none"):
-            raise ConfigError(f"CACP's episodes refit in closed form or not at all; recover must be 'compensate' or 'none', not {self.recover!r}.")
+        if self.recover != "none":
+            raise ConfigError(f"CACP refits the consumers itself in every episode and at export (refit=True, or refit=False "
+                              f"for none); an export must be the model its episodes scored, so recover must stay 'none', not {self.recover!r}.")
 
 
 # --------------------------------------------------------------------------- the layers and the budget
@@ -296,6 +299,12 @@ def validation_set(bundle, calibration: int, n: int, seed: int) -> tuple[torch.T
     return bundle.normalize(bundle.train.images[pick]), bundle.train.labels[pick].clone()
 
 
+def refit_moments(model: nn.Module, session: PruneSession) -> dict:
+    """Input moments of every consumer of every group of ``model``, from the session's calibration batches."""
+    names = sorted({m.name for g in session.graph.groups for m in g.consumers})
+    return consumer_moments(model, names, session.batches)
+
+
 class Episodes:
     """Accuracy of any per-group kept counts: criterion selection, surgery, closed-form refit, validation."""
 
@@ -309,10 +318,7 @@ class Episodes:
         score = get_criterion(config.criterion)
         self.scores = [score(g, self.session.scores) for g in self.session.graph.groups]
         self.val = validation_set(data, config.calibration, config.val_images, config.seed)
-        self.moments = None
-        if config.recover == "compensate":
-            names = sorted({m.name for g in self.session.graph.groups for m in g.consumers})
-            self.moments = consumer_moments(model, names, self.session.batches)
+        self.moments = refit_moments(self.model, self.session) if config.refit else None
 
     def plan(self, keep: Sequence[int]) -> dict[int, list[int]]:
         return self.session.remove_lowest(self.scores, list(keep))
@@ -507,6 +513,7 @@ class CACPFamily(Mapping):
     def __init__(self, model: nn.Module, policy: CACPPolicy, data, example_inputs=None):
         self.model, self.policy, self.data, self.example_inputs = model, policy, data, example_inputs
         self._cache: dict = {}
+        self._moments: dict | None = None  # the refit's statistics, computed on the first export
 
     @property
     def rates(self) -> tuple[float, float]:
@@ -548,7 +555,13 @@ class CACPFamily(Mapping):
                 "actions": ro.actions if ro else None, "predicted_macs_ratio": table.cost.ratio(keep),
                 "search_seconds": self.policy.seconds,
             }
-            return session.remove_lowest(scores, keep)
+            plan = session.remove_lowest(scores, keep)
+            if cfg.refit:
+                if self._moments is None:
+                    self._moments = refit_moments(session.work, session)
+                session.post_surgery.append(lambda pruned: session.notes.__setitem__("compensation", compensate_model(
+                    session.original, pruned, session.graph, plan, session.batches, moments=self._moments)))
+            return plan
 
         pruned = run_pipeline(self.model, cfg, self.data, self.example_inputs, planner)
         self._cache[key] = pruned
