@@ -135,8 +135,8 @@ class CACPBench:
                 self.row(f"{name}/{r:g}", lambda: self.baseline(make(r)))
 
 
-def report(path: Path) -> str:
-    """The README table (markdown) and the plot, from the JSON alone."""
+def report(path: Path, plots: Path = ROOT / "bench" / "plots") -> str:
+    """The README table (markdown) and the plot (into ``plots``), from the JSON alone."""
     doc = json.loads(path.read_text())
     rows, setup = {r["key"]: r for r in doc["rows"]}, doc["setup"]
     dense = rows["dense"]["accuracy"]
@@ -217,7 +217,7 @@ def report(path: Path) -> str:
         ax.set_title("ResNet-20 Fashion-MNIST (old checkpoint)")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        out = ROOT / "bench" / "plots" / f"{path.stem}.png"
+        out = Path(plots) / f"{path.stem}.png"
         fig.savefig(out, dpi=110)
         text += f"\n\n![accuracy vs MACs kept](bench/plots/{out.name})"
     except ImportError:
