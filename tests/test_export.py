@@ -5,7 +5,7 @@ from torch import nn
 
 import chanprune
 from chanprune.errors import ConfigError, ExportError
-from chanprune.export import export, onnx_session
+from chanprune.onnx_export import export, onnx_session
 
 from tests.conftest import SIZE, calib, tiny
 from tests.kinds import KINDS, ZOO_FAMILIES
@@ -114,3 +114,13 @@ def test_cli_export_writes_a_checked_file(tmp_path):
     assert "tolerance" in result.output
     bad = CliRunner().invoke(cli.app, ["export", str(tmp_path / "m"), "--data", "digits", "--format", "tflite"])
     assert bad.exit_code != 0 and "only format is onnx" in str(bad.exception)
+
+
+def test_top_level_export_is_the_function(tmp_path):
+    """chanprune.export is the function (its module is chanprune.onnx_export, so importing it shadows nothing)."""
+    import importlib
+
+    importlib.import_module("chanprune.onnx_export")
+    importlib.import_module("chanprune.measurement")
+    assert callable(chanprune.export) and chanprune.export.__name__ == "export"
+    assert chanprune.export(tiny("lenet5"), tmp_path / "m.onnx", _example(size=28)).max_abs_error >= 0

@@ -30,6 +30,7 @@ _EXPORTS = {
     "finetune": "chanprune.engine",
     "TrainConfig": "chanprune.engine",
     "measure": "chanprune.measurement",
+    "export": "chanprune.onnx_export",
     "save": "chanprune.io",
     "load": "chanprune.io",
     "analyze": "chanprune.analysis",

@@ -886,7 +886,7 @@ def export(model: str = typer.Argument(..., help="saved model stem"), format: st
            opset: Optional[int] = typer.Option(None, help="ONNX opset version (default: the exporter's)")):
     """Export a saved model to ONNX (dynamic batch), checked in onnxruntime against PyTorch on random and real images."""
     from .errors import ConfigError
-    from .export import export as _export
+    from .onnx_export import export as _export
 
     if format != "onnx":
         raise ConfigError(f"unknown export format {format!r}; the only format is onnx.")

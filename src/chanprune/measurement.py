@@ -62,7 +62,7 @@ def _runners(copies: dict[str, nn.Module], shape: tuple[int, ...], backend: str,
     """name → fn(x) running one forward pass of that model in ``backend`` (onnxruntime: exported, checked, loaded)."""
     if backend == "eager":
         return {name: m for name, m in copies.items()}
-    from .export import INPUT_NAME, export, onnx_session
+    from .onnx_export import INPUT_NAME, export, onnx_session
 
     runners = {}
     for i, (name, m) in enumerate(copies.items()):
@@ -256,7 +256,7 @@ def layer_profile(models: dict[str, nn.Module], input_shape: Sequence[int], batc
 
     import onnxruntime as ort
 
-    from .export import INPUT_NAME, export
+    from .onnx_export import INPUT_NAME, export
 
     shape = tuple(int(s) for s in input_shape)
     x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(0)).numpy()

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 import chanprune
 from chanprune.errors import ChanpruneError, ConfigError, LoadError
-from chanprune.export import export
+from chanprune.onnx_export import export
 from chanprune.partition import BlockLinear, GroupedConv2d, PartitionConfig, partition
 
 

@@ -229,7 +229,7 @@ def _verification_section(model, history, example, data) -> str:
     if example is None:
         return out + _p("ONNX export not checked: no input shape is known (pass the data set).")
     from ..errors import ExportError
-    from ..export import export
+    from ..onnx_export import export
 
     with tempfile.TemporaryDirectory(prefix="chanprune-report-") as folder:
         try:
