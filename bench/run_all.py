@@ -30,6 +30,7 @@ STEPS = {
     "scoreboard_original": ("studies", ["bench.scoreboard", "--supervise"]),
     "fuzz_surgery": ("studies", ["bench.fuzz_surgery"]),
     "deploy": ("studies", ["bench.deploy"]),
+    "partition": ("studies", ["bench.partition"]),
     "scoreboard_quick": ("quick", ["bench.scoreboard", "--quick"]),
     "recovery_quick": ("quick", ["bench.recovery", "resnet56", "--quick", "--methods", "l1,cp"]),
     "effective_quick": ("quick", ["bench.effective_filters", "resnet20", "--quick", "--parts", "sweep"]),
