@@ -300,3 +300,15 @@ def test_long_steps_draw_bars_when_asked(monkeypatch):
     tracked = progress.track(items, "analysis (gate reading)")
     assert list(tracked) == items and list(tracked) == items and len(tracked) == 3
     assert drawn == ["analysis (gate reading)"] * 6
+
+
+def test_info_on_a_model_saved_as_the_readme_shows(tmp_path):
+    """chanprune.save(pruned, path) keeps the record: info shows the steps, the data set and the MACs."""
+    data = chanprune.load_data("digits")
+    model = chanprune.create_model("lenet5", num_classes=10, in_channels=1)
+    pruned = chanprune.prune(model, chanprune.L1Config(target_macs=0.6, calibration=32), data=data)
+    chanprune.save(pruned, tmp_path / "m")
+    result = CliRunner().invoke(cli.app, ["info", str(tmp_path / "m")])
+    assert result.exit_code == 0, (result.output, result.exception)
+    text = " ".join(result.output.split())
+    assert "1 step(s): l1" in text and "digits" in text and "MACs" in text
