@@ -1,7 +1,7 @@
 """The ``chanprune`` command: train | evaluate | analyze | prune | cacp | ucp | partition | finetune | trp | decompose | info | bench | export | report | demo.
 
-Every command prints a table and writes a JSON record (model, data, method, config, seed, MACs,
-params, accuracy, latency, wall time, versions). Errors chanprune raises on purpose are printed as
+Every command that measures or changes a model (all but info, export and report) prints a table and writes a
+JSON record (model, data, method, config, seed, MACs, params, accuracy, latency, wall time, versions). Errors chanprune raises on purpose are printed as
 one sentence (exit status 2), never as a stack trace.
 """
 from __future__ import annotations
