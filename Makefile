@@ -21,6 +21,7 @@ run: $(STAMP)
 	$(VENV)/bin/chanprune demo
 
 test: $(STAMP)
+	$(PY) -m ruff check src tests bench
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -p no:cacheprovider tests
 
 # The recovery protocol on zoo, then the README tables (resumable; `$(PY) -m bench.run_all --help`).

@@ -80,8 +80,8 @@ class CACPBench:
 
     def measure(self, pruned, wall=None, cpu=None):
         rec = pruned.chanprune_history[-1]
-        out = {"accuracy": self.b.accuracy(pruned), "macs_ratio": kept(rec), "macs": rec["macs"]["after"],
-               "params_ratio": kept(rec, "params"), "verified": rec["verified"], "kept": [g["kept"] for g in rec["groups"]]}
+        out = {"accuracy": self.b.accuracy(pruned), "macs_kept": kept(rec), "macs": rec["macs"]["after"],
+               "params_kept": kept(rec, "params"), "verified": rec["verified"], "kept": [g["kept"] for g in rec["groups"]]}
         if wall is not None:
             out.update(seconds=wall, cpu_seconds=cpu)
         return out
@@ -141,7 +141,6 @@ def report(path: Path, plots: Path = ROOT / "bench" / "plots") -> str:
     rows, setup = {r["key"]: r for r in doc["rows"]}, doc["setup"]
     dense = rows["dense"]["accuracy"]
     cond = rows["search/cacp"]
-    amc_seconds = [rows[f"search/amc/{r:g}"]["seconds"] for r in setup["export"] if f"search/amc/{r:g}" in rows]
 
     def cell(key):
         r = rows.get(key)
@@ -149,10 +148,10 @@ def report(path: Path, plots: Path = ROOT / "bench" / "plots") -> str:
             return "–"
         if "refused" in r:
             return "refused"
-        return f"{r['accuracy']:.2f} ({r['macs_ratio']:.1%})"
+        return f"{r['accuracy']:.2f} ({r['macs_kept']:.1%})"
 
     lines = [
-        f"| MACs kept (asked) | CACP family (actor) | CACP best episode | AMC best (dedicated) | AMC actor | L1 uniform | L1 global | hierarchical |",
+        "| MACs kept (asked) | CACP family (actor) | CACP best episode | AMC best (dedicated) | AMC actor | L1 uniform | L1 global | hierarchical |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in setup["export"]:
@@ -207,7 +206,7 @@ def report(path: Path, plots: Path = ROOT / "bench" / "plots") -> str:
         fig, ax = plt.subplots(figsize=(6, 4))
         for prefix, label, style in (("cacp/actor", "CACP family (one search)", "o-"), ("amc/best", "AMC, one search per rate", "s--"),
                                      ("uniform", "L1 uniform", "^:"), ("global", "L1 global", "v:"), ("hierarchical", "hierarchical", "d:")):
-            pts = [(rows[f"{prefix}/{r:g}"]["macs_ratio"], rows[f"{prefix}/{r:g}"]["accuracy"]) for r in setup["export"]
+            pts = [(rows[f"{prefix}/{r:g}"]["macs_kept"], rows[f"{prefix}/{r:g}"]["accuracy"]) for r in setup["export"]
                    if "accuracy" in rows.get(f"{prefix}/{r:g}", {})]
             if pts:
                 ax.plot(*zip(*pts), style, label=label)

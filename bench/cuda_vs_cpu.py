@@ -40,7 +40,7 @@ def run(device: torch.device, args) -> dict:
     data = chanprune.load_data("fashion_mnist")
     model = chanprune.load(str(CHECKPOINT)).to(device).eval()
     t0 = _clock(device)
-    result = chanprune.analyze(model, data, AnalysisConfig(reading="gate", threshold=0.99, samples=512))
+    result = chanprune.analyze(model, data, AnalysisConfig(reading="gate", threshold=0.99, calibration=512))
     t1 = _clock(device)
     pruned = chanprune.prune(model, HierarchicalConfig(target_macs=0.5, calibration=512, recover="compensate"), data=data)
     t2 = _clock(device)

@@ -51,7 +51,7 @@ def worker(args) -> None:
     model = chanprune.load(str(CHECKPOINT)).eval()
     distributed.barrier()
     t0 = time.perf_counter()
-    result = chanprune.analyze(model, data, AnalysisConfig(reading="gate", threshold=0.99, samples=args.analysis_images,
+    result = chanprune.analyze(model, data, AnalysisConfig(reading="gate", threshold=0.99, calibration=args.analysis_images,
                                                             batch_size=64))
     distributed.barrier()
     t_analysis = time.perf_counter() - t0

@@ -64,7 +64,7 @@ class EffectiveBench(Bench):
         pruned, record, seconds = self.prune(config)
         raw = self.accuracy(pruned)
         self.recalibrate(pruned, num_batches=BN["batches"], batch_size=BN["batch_size"], source=self.data)
-        return pruned, {"macs_ratio": kept(record, "macs"), "params_ratio": kept(record, "params"),
+        return pruned, {"macs_kept": kept(record, "macs"), "params_kept": kept(record, "params"),
                         "accuracy_raw": raw, "accuracy_no_finetune": self.accuracy(pruned), "prune_seconds": seconds,
                         "verified": record["verified"], "analysis": record.get("analysis")}
 
@@ -75,7 +75,7 @@ class EffectiveBench(Bench):
 
 def knee(dense: float, sweep: list[dict]) -> float | None:
     """Smallest kept-MAC fraction whose no-fine-tune accuracy is within 1 point of dense."""
-    ok = [r["macs_ratio"] for r in sweep if r["accuracy_no_finetune"] >= dense - 1.0]
+    ok = [r["macs_kept"] for r in sweep if r["accuracy_no_finetune"] >= dense - 1.0]
     return min(ok) if ok else None
 
 
@@ -99,10 +99,10 @@ def main(argv=None) -> int:
 
     x, y = b.calib_pair
     batches = in_batches(x, y)
-    base_cfg = AnalysisConfig(samples=CALIBRATION)  # the default reading and threshold
+    base_cfg = AnalysisConfig(calibration=CALIBRATION)  # the default reading and threshold
     result = analyze(b.model, batches, base_cfg)
     out["analysis_config"] = {"reading": base_cfg.reading, "rule": base_cfg.rule, "threshold": base_cfg.threshold,
-                              "samples": base_cfg.samples}
+                              "samples": base_cfg.calibration}
     out["analysis"] = result.to_dict(spectra=False)
     out["curve"] = result.curve([0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999])
     r_max = result.max_compression_macs
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         def hrank():
             collect_features(b.model, graph, batches, lambda o: map_rank(o.clamp_min(0)))
 
-        gate_cfg = AnalysisConfig(samples=CALIBRATION, reading="gate", threshold=0.99)
+        gate_cfg = AnalysisConfig(calibration=CALIBRATION, reading="gate", threshold=0.99)
 
         def ana():
             analyze(b.model, batches, gate_cfg, graph=graph)
@@ -137,7 +137,9 @@ def main(argv=None) -> int:
         for _ in range(3):  # interleaved
             for name, fn in arms:
                 gc.collect()
-                t0 = time.perf_counter(); fn(); times[name].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
         peaks = []
         for _ in range(5):  # peak memory of each repeated (gate) analysis: a leak would make it climb
             gc.collect()
@@ -177,11 +179,11 @@ def main(argv=None) -> int:
     if "readings" in parts:
         rows = []
         for reading in ("gate", "consumer_weight", "producer_weight", "feature"):
-            cfg = AnalysisConfig(samples=CALIBRATION if reading == "gate" else 256, reading=reading)
+            cfg = AnalysisConfig(calibration=CALIBRATION if reading == "gate" else 256, reading=reading)
             t0 = time.perf_counter()
-            r = analyze(b.model, batches[: cfg.samples // 64], cfg)
+            r = analyze(b.model, batches[: cfg.calibration // 64], cfg)
             curve = r.curve([0.9, 0.95, 0.99, 0.999])
-            rows.append({"reading": reading, "samples": cfg.samples, "seconds": time.perf_counter() - t0,
+            rows.append({"reading": reading, "samples": cfg.calibration, "seconds": time.perf_counter() - t0,
                          "max_kept_macs_by_threshold": {str(c["threshold"]): 1 - c["max_compression_macs"] for c in curve}})
             out["readings"] = rows
             save()
@@ -198,7 +200,7 @@ def main(argv=None) -> int:
         settings = [("gate", 0.99), ("feature", 0.999), ("feature", 0.99), ("producer_weight", 0.999)]
         for target in (0.5, 0.33):
             for reading, threshold in settings:
-                acfg = AnalysisConfig(reading=reading, threshold=threshold, samples=CALIBRATION if reading == "gate" else 256)
+                acfg = AnalysisConfig(reading=reading, threshold=threshold, calibration=CALIBRATION if reading == "gate" else 256)
                 try:
                     _, r = b.prune_row(HierarchicalConfig(target_macs=target, calibration=CALIBRATION, allow_exceed=True,
                                                       analysis=acfg))

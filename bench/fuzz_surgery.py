@@ -24,7 +24,6 @@ import copy
 import json
 import platform
 import re
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -35,10 +34,10 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from chanprune._atomic import write_text_atomic
-from chanprune.errors import ChanpruneError, PruneError, VerificationError
+from chanprune.errors import ChanpruneError, PruneError
 from chanprune.graph import PruningGraph
 from chanprune.surgery import TOLERANCE, apply_plan, prune_copy
-from tests.fuzz._archs import FuzzNet, arch_specs, example_input, known_gaps, one_sentence, plans
+from tests.fuzz._archs import FuzzNet, arch_specs, example_inputs, known_gaps, one_sentence, plans
 from tests.fuzz.test_architectures import _independent_check, _same, _snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +85,7 @@ def main(argv=None) -> int:
     @given(spec=arch_specs(max_blocks=args.max_blocks), train_mode=st.booleans(), data=st.data())
     def trial(spec, train_mode, data):
         model = FuzzNet(spec).train(train_mode)
-        x = example_input(spec)
+        x = example_inputs(spec)
         snap = _snapshot(model)
         try:
             graph = PruningGraph(copy.deepcopy(model), x)
@@ -145,7 +144,7 @@ def main(argv=None) -> int:
                 if plan:  # the 1-image probe accepted it: an 8-image probe must agree
                     g8 = PruningGraph(copy.deepcopy(model), x)
                     try:
-                        apply_plan(g8, plan, model, probe=example_input(spec, batch=8, seed=7))
+                        apply_plan(g8, plan, model, probe=example_inputs(spec, batch=8, seed=7))
                     except ChanpruneError:
                         counts["probe_disagreements"] += 1
         if not _same(model, snap):

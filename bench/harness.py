@@ -177,7 +177,7 @@ class Bench:
         self.data = chanprune.load_data(self.data_name)
         self.dense = chanprune.load(where / "model").eval()
         self.num_classes = self.data.num_classes
-        self.example = self.data.example_input(1)
+        self.example = self.data.example_inputs(1)
         self.dense_macs, self.dense_params = self.count(self.dense)
         self.test = test_batches(self.data, test_images)
         self.test_n = sum(len(y) for _, y in self.test)
@@ -244,7 +244,7 @@ class Bench:
 def kept(record: dict, what: str = "macs") -> float:
     """The fraction of the dense model's MACs (or params) a prune record says the pruned model keeps (the one place
     the benchmarks read this field of the record)."""
-    return record[what]["ratio"]
+    return record[what]["kept"]
 
 
 # ------------------------------------------------------------------------------------------ results files

@@ -114,7 +114,7 @@ def effective_section() -> str:
                     prune_rows.append(f"| {m} | {100 * target:.0f}% | {x['reading']} | {x['threshold']} | – | refused: {x['error'][:80]} | |")
                     continue
                 acc = f"{x['accuracy_no_finetune']:.2f}" + (" **best**" if x["accuracy_no_finetune"] == best else "")
-                prune_rows.append(f"| {m} | {100 * target:.0f}% | {x['reading']} | {x['threshold']} | {100 * x['macs_ratio']:.1f}% | "
+                prune_rows.append(f"| {m} | {100 * target:.0f}% | {x['reading']} | {x['threshold']} | {100 * x['macs_kept']:.1f}% | "
                                   f"{acc} | {x['prune_seconds']:.0f} |")
     if knee_rows:
         parts.append("**Does the estimated maximum sit at the knee?** The estimate is `analyze()` with its default ("
@@ -283,7 +283,7 @@ def recovery_section() -> str:
                 head = r["accuracy_bn"] if r["headline"] == "bn" else r["accuracy_returned"]
                 ft = r.get("accuracy_finetuned")
                 main_rows.append(
-                    f"| {m} | {100 * target:.0f}% | {names[r['method']]} | {r['own_recovery']} | {100 * r['macs_ratio']:.1f}% | "
+                    f"| {m} | {100 * target:.0f}% | {names[r['method']]} | {r['own_recovery']} | {100 * r['macs_kept']:.1f}% | "
                     f"{r['accuracy_returned']:.2f} | {r['accuracy_bn']:.2f} | **{head:.2f}** | "
                     f"{_pct(rec.get('mean'))} / {_pct(rec.get('max'))} | {_pct(rec.get('logits'))} | "
                     f"{r['prune_seconds']:.1f} | {'–' if ft is None else f'{ft:.2f}'} |")

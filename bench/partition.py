@@ -75,8 +75,8 @@ def accuracy_rows(bench: Bench, model: str, results: Results, quick: bool) -> No
                 tuned, ft_seconds = bench.finetuned(cut, FINETUNE, seed=0)
                 row["accuracy_compensate_finetuned"] = bench.accuracy(tuned)
                 row["finetune_seconds"] = ft_seconds
-                row["params_kept"] = record["params"]["ratio"]
-                row["macs_kept"] = record["macs"]["ratio"]
+                row["params_kept"] = record["params"]["kept"]
+                row["macs_kept"] = record["macs"]["kept"]
                 row["energy_kept"] = record["partition"]["energy_kept"]
                 row["exchanged_inputs"] = sum(v["exchanged_inputs"] for v in record["partition"]["layers"].values())
                 row["verify_max_rel_error"] = record["verify_max_rel_error"]

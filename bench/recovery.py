@@ -184,7 +184,7 @@ def prune_row(b: RecoveryBench, method: str, target: float, n: int, with_recon: 
     pruned, record, seconds = b.prune(METHODS[method](target, n))
     row = {
         "method": method, "target": target, "calibration_images": n, "own_recovery": OWN_RECOVERY[method],
-        "macs_ratio": kept(record, "macs"), "params_ratio": kept(record, "params"), "prune_seconds": seconds,
+        "macs_kept": kept(record, "macs"), "params_kept": kept(record, "params"), "prune_seconds": seconds,
         "prune_seconds_parts": record["seconds"], "verified": record["verified"],
         "accuracy_returned": b.accuracy(pruned),
     }

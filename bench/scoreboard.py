@@ -279,7 +279,7 @@ def tp_method(mid: str) -> Method:
             return (*out, None)
 
         lo, hi = 0.0, 0.99
-        best = None  # (|rel err|, ratio, model, mac_ratio, seconds)
+        best = None  # (|rel err|, ratio, model, macs_kept, seconds)
         last_error = None
         for _ in range(24):
             mid = (lo + hi) / 2
@@ -417,8 +417,8 @@ def run_row(ctx: Context, method: Method, target: float, round_to: int | None, f
     model = pruned.model
     macs, params = ctx.count(model)
     row.update(status="ok", prune_seconds=pruned.prune_seconds, search_seconds=pruned.search_seconds,
-               info=jsonable(pruned.info), macs=macs, params=params, macs_ratio=macs / ctx.dense_macs,
-               params_ratio=params / ctx.dense_params,
+               info=jsonable(pruned.info), macs=macs, params=params, macs_kept=macs / ctx.dense_macs,
+               params_kept=params / ctx.dense_params,
                within_tolerance=abs(macs / ctx.dense_macs - target) <= ctx.recipe["tolerance"] * target)
     row["accuracy_before_bn"] = ctx.accuracy(model)
     row["bn_images"] = ctx.recalibrate(model)
@@ -609,7 +609,7 @@ def _print_row(row: dict) -> None:
         ft_s = f", FT {row['accuracy_ft']['mean']:.2f}±{row['accuracy_ft']['std']:.2f}" if "accuracy_ft" in row else ""
         lat = row.get("latency")
         lat_s = f", speed-up b1 {lat['b1']['speedup']:.2f} b32 {lat['b32']['speedup']:.2f}" if lat else ""
-        print(f"    MACs {row['macs_ratio']:.3f}, no-FT {row['accuracy_no_ft']:.2f}{ft_s}{lat_s}, "
+        print(f"    MACs {row['macs_kept']:.3f}, no-FT {row['accuracy_no_ft']:.2f}{ft_s}{lat_s}, "
               f"prune {row['prune_seconds']:.1f}s, row {row['row_seconds']:.0f}s", flush=True)
     else:
         print(f"    failed: {row['reason']}", flush=True)

@@ -7,7 +7,6 @@ number is read from the committed JSON.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +165,7 @@ def model_tables(doc: dict) -> str:
             prune_s = f"{r['prune_seconds']:.1f}"
             if r["search_seconds"] > r["prune_seconds"] * 1.05:
                 prune_s += f" ({r['search_seconds']:.1f} with search)"
-            lines.append(f"| {name} | {100 * r['macs_ratio']:.1f}%{mark} | {100 * r['params_ratio']:.1f}% | {nf} | "
+            lines.append(f"| {name} | {100 * r['macs_kept']:.1f}%{mark} | {100 * r['params_kept']:.1f}% | {nf} | "
                          f"{_fmt_ft(r, best)} | {_speedup(r, 'b1')} | {_speedup(r, 'b32')} | {prune_s} |")
         parts.append(f"**{_label(doc)}, {100 * t:.0f}% of the MACs kept**\n\n" + "\n".join(lines))
     return "\n\n".join(parts)
@@ -182,7 +181,7 @@ def _study_rows(doc: dict) -> list[dict]:
 
 def _speedup_per_reduction(r: dict) -> tuple[float, float]:
     """Measured speed-up / MAC reduction at batch 1 and 32 (1.0: the speed-up equals the MAC reduction)."""
-    return tuple(r["latency"][b]["speedup"] * r["macs_ratio"] for b in ("b1", "b32"))
+    return tuple(r["latency"][b]["speedup"] * r["macs_kept"] for b in ("b1", "b32"))
 
 
 def round_to_table(docs: list[dict]) -> str:
@@ -198,8 +197,8 @@ def round_to_table(docs: list[dict]) -> str:
             s1, s32 = r["latency"]["b1"]["speedup"], r["latency"]["b32"]["speedup"]
             q1, q32 = _speedup_per_reduction(r)
             by_rt.setdefault(r["round_to"], []).append((q1, q32))
-            lines.append(f"| {_label(doc)} | {r['method']} | {r['round_to'] or 'none'} | {100 * r['macs_ratio']:.1f}% | "
-                         f"{1 / r['macs_ratio']:.2f}× | {s1:.2f}× | {s32:.2f}× | {q1:.2f} | {q32:.2f} | "
+            lines.append(f"| {_label(doc)} | {r['method']} | {r['round_to'] or 'none'} | {100 * r['macs_kept']:.1f}% | "
+                         f"{1 / r['macs_kept']:.2f}× | {s1:.2f}× | {s32:.2f}× | {q1:.2f} | {q32:.2f} | "
                          f"{r['accuracy_no_ft']:.2f} |")
         for rt in sorted(by_rt, key=lambda x: x or 0):
             v = np.asarray(by_rt[rt])
@@ -248,7 +247,7 @@ def make_plots(docs: list[dict], outdir: Path) -> list[Path]:
         ax.set_prop_cycle(color=plt.cm.tab20.colors)
         line_of = lambda m: PARENT.get(m, m)  # noqa: E731  (a +exceed row continues its parent's line)
         for method in sorted({line_of(r["method"]) for r in rows}):
-            pts = sorted((r["macs_ratio"], *_ft(r), r["method"] != method) for r in rows if line_of(r["method"]) == method)
+            pts = sorted((r["macs_kept"], *_ft(r), r["method"] != method) for r in rows if line_of(r["method"]) == method)
             x, y, e, beyond = (np.asarray(v) for v in zip(*pts))
             ours = method.startswith("ours.")
             bar = ax.errorbar(100 * x, y, yerr=e, marker="o" if ours else "s", linestyle="-" if ours else "--",
@@ -276,14 +275,14 @@ def make_plots(docs: list[dict], outdir: Path) -> list[Path]:
         for ax, b in zip(axes, ("b1", "b32")):
             for lab in labels:
                 for fam, marker in (("chanprune", "o"), ("torch-pruning", "s")):
-                    sel = [(1 / r["macs_ratio"], r["latency"][b]["speedup"]) for d, r in pts
+                    sel = [(1 / r["macs_kept"], r["latency"][b]["speedup"]) for d, r in pts
                            if _label(d) == lab and r["family"] == fam]
                     if sel:
                         x, y = zip(*sel)
                         ax.scatter(x, y, marker=marker, s=18, alpha=0.7, color=colors[lab],
                                    facecolors="none" if fam == "torch-pruning" else None,
                                    label=f"{lab} · {fam}")
-            hi = max(max(1 / r["macs_ratio"] for _, r in pts), 1.0) * 1.05
+            hi = max(max(1 / r["macs_kept"] for _, r in pts), 1.0) * 1.05
             ax.plot([1, hi], [1, hi], "k--", linewidth=1, label="y = x (speed-up = MAC reduction)")
             ax.set_xlabel("MAC reduction (dense MACs / pruned MACs)")
             ax.set_title(f"CPU latency speed-up, batch {b[1:]}, 1 thread")

@@ -54,14 +54,14 @@ def main(argv=None) -> int:
     seconds = time.time() - t0
     model.eval()
     result = evaluate(model, data, split="test")
-    macs, params = count_macs_params(model, data.example_input(1))
+    macs, params = count_macs_params(model, data.example_inputs(1))
     chanprune.save(model, out / "model", extra={"data": args.data, "test_accuracy": result["accuracy"]})
     record = {
         "model": args.model, "model_kwargs": kwargs, "data": args.data, "data_source": data.source,
         "command": "python bench/train_zoo.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "train_config": config.as_dict(), "train_images": args.limit or len(data.train),
         "test_accuracy": result["accuracy"], "test_loss": result["loss"], "test_images": result["n"],
-        "macs": macs, "params": params, "input": list(data.example_input(1).shape[1:]),
+        "macs": macs, "params": params, "input": list(data.example_inputs(1).shape[1:]),
         "train_seconds": seconds, "threads": args.threads, "device": history.get("device"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s)",
         "versions": {"torch": torch.__version__, "chanprune": chanprune.__version__, "python": platform.python_version()},

@@ -179,7 +179,7 @@ class TRPBench(Bench):
                    "layers_skipped": rec.get("skipped")}
         ranks = {n: m.rank for n, m in small.named_modules() if isinstance(m, LowRank)}
         cost = self.cost(small)
-        return {"accuracy": self.accuracy(small), **cost, "mac_ratio": cost["macs"] / dense_macs,
+        return {"accuracy": self.accuracy(small), **cost, "macs_kept": cost["macs"] / dense_macs,
                 "threshold": rec.get("threshold"), "layers_decomposed": rec.get("layers_decomposed"),
                 "layers_skipped": rec.get("layers_skipped"), "ranks": ranks}
 
@@ -203,7 +203,7 @@ class TRPBench(Bench):
             wall = time.perf_counter() - t0
             self.save(pruned, key)
             cost = self.cost(pruned)
-            self.put(key, {"accuracy_bn": acc_bn, "accuracy": self.accuracy(pruned), **cost, "mac_ratio": cost["macs"] / dense_macs,
+            self.put(key, {"accuracy_bn": acc_bn, "accuracy": self.accuracy(pruned), **cost, "macs_kept": cost["macs"] / dense_macs,
                            "prune_seconds": prune_s, "train_seconds": h["time_s"], "wall_seconds": wall,
                            "verified": pruned.chanprune_history[-1]["verified"]})
 

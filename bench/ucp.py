@@ -97,8 +97,8 @@ def main(argv=None) -> int:
                     "structure": record.get("ucp_structure"), "ucp": record.get("ucp"),
                     "kept": [g["kept"] for g in record["groups"]], "seconds": time.time() - t0}
                 save()
-                print(key, f"{results['rows'][key]['accuracy']:.2f}%", f"MACs {record['macs']['ratio']:.1%}", flush=True)
-            macs_reached = [r["macs"]["ratio"] for k, r in results["rows"].items()
+                print(key, f"{results['rows'][key]['accuracy']:.2f}%", f"MACs {record['macs']['kept']:.1%}", flush=True)
+            macs_reached = [r["macs"]["kept"] for k, r in results["rows"].items()
                             if k.startswith(f"ucp|{target}|") and r["seed"] == seed]
             if not macs_reached:
                 continue
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
                     "accuracy_no_finetune": no_ft, "accuracy": accuracy(pruned), "macs": record["macs"],
                     "params": record["params"], "seconds": time.time() - t0}
                 save()
-                print(key, f"{results['rows'][key]['accuracy']:.2f}%", f"MACs {record['macs']['ratio']:.1%}", flush=True)
+                print(key, f"{results['rows'][key]['accuracy']:.2f}%", f"MACs {record['macs']['kept']:.1%}", flush=True)
     print(f"wrote {out}")
     return 0
 

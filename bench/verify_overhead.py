@@ -65,7 +65,7 @@ def one(model, data, arm: str, arms: dict) -> dict:
     rec = pruned.chanprune_history[-1]
     assert rec["verified"] is verify, rec["verified"]
     return {**rec["seconds"], "wall": wall, "cpu": cpu, "verify_max_rel_error": rec["verify_max_rel_error"],
-            "macs_ratio": rec["macs"]["ratio"]}
+            "macs_kept": rec["macs"]["kept"]}
 
 
 def main(argv=None) -> int:

@@ -61,7 +61,7 @@ CASES = {
     "negative fine-tune epochs": (["prune", "{m}/m", *D, "--ratio", "0.3", "--finetune-epochs", "-1"],
                                   r"--finetune-epochs must be >= 0"),
     "zero calibration images": (["prune", "{m}/m", *D, "--method", "l1", "--calibration", "0"], r"calibration must be"),
-    "zero samples": (["analyze", "{m}/m", *D, "--samples", "0"], r"samples must be a positive number"),
+    "zero samples": (["analyze", "{m}/m", *D, "--calibration", "0"], r"calibration must be a positive number"),
     "threshold above 1": (["analyze", "{m}/m", *D, "--threshold", "2"], r"threshold must lie in"),
     "unknown reading": (["analyze", "{m}/m", *D, "--reading", "nosuch"], r"unknown reading"),
     "negative epochs": (["train", "lenet5", *D, "--epochs", "-1"], r"epochs is -1 but must be"),
@@ -152,7 +152,7 @@ def test_demo_runs_end_to_end_on_a_small_model(models, tmp_path):
 def test_warnings_are_one_line(models, tmp_path, monkeypatch, capsys):
     """A warning (here: LeNet's 120- and 84-wide layers against 70 gate samples) prints as one 'warning:' line."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["chanprune", "analyze", f"{models}/m", *D, "--samples", "70", "--reading", "gate",
+    monkeypatch.setattr(sys, "argv", ["chanprune", "analyze", f"{models}/m", *D, "--calibration", "70", "--reading", "gate",
                                       "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
@@ -160,7 +160,7 @@ def test_warnings_are_one_line(models, tmp_path, monkeypatch, capsys):
     out, err = capsys.readouterr()
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("warning: groups wider than the 70 samples"), err
-    assert "UserWarning" not in out + err and "--samples 120" in lines[0]  # the remedy as this command's flag
+    assert "UserWarning" not in out + err and "--calibration 120" in lines[0]  # the remedy as this command's flag
 
 
 # ------------------------------------------------------------------------------ the terminal (issue 18)
@@ -210,7 +210,6 @@ def test_slowdown_is_not_called_faster():
 
 def test_messages_use_the_callers_terms():
     """One mechanism: the command's own options become flags; names it does not have stay as written."""
-    import inspect
 
     run = cli._in_cli_terms(lambda allow_exceed=typer_option(False), calibration=typer_option(None): None)
     run()  # registers the options of this stand-in command
@@ -241,7 +240,7 @@ def test_evaluate_and_bench_write_records_without_out(models, tmp_path, monkeypa
 def test_analyze_record_and_plots(models, tmp_path):
     out = tmp_path / "a"
     with pytest.warns(UserWarning, match="only 1 image"):
-        result = CliRunner().invoke(cli.app, ["analyze", str(models / "m"), *D, "--samples", "1", "--out", str(out)])
+        result = CliRunner().invoke(cli.app, ["analyze", str(models / "m"), *D, "--calibration", "1", "--out", str(out)])
     assert result.exit_code == 0, (result.output, result.exception)
     record = json.loads((out / "analysis.json").read_text())
     assert record["model"] == str(models / "m") and record["data"] == "digits"

@@ -14,7 +14,7 @@ import torch
 import chanprune
 from chanprune.analysis import AnalysisConfig, collect
 from chanprune.analysis.effective import effective_rank
-from chanprune.device import model_device, resolve_device, to_device
+from chanprune.device import resolve_device, to_device
 from chanprune.errors import ConfigError
 from chanprune.graph import PruningGraph
 from chanprune.recovery import consumer_moments, consumer_rows
@@ -99,12 +99,12 @@ def test_prune_runs_where_the_model_is(device, digits, method):
     pruned = chanprune.prune(model, cfg, data=digits, example_inputs=torch.zeros(1, 1, 8, 8))
     _all_on(model, device)
     _all_on(pruned, device)
-    assert pruned.chanprune_history[-1]["macs"]["ratio"] < 0.75
+    assert pruned.chanprune_history[-1]["macs"]["kept"] < 0.75
 
 
 def test_analyze_evaluate_measure_finetune_decompose_trp_stay_on_device(device, digits):
     model = _on(tiny("resnet20"), device)
-    result = chanprune.analyze(model, digits, AnalysisConfig(samples=64, reading="gate"))
+    result = chanprune.analyze(model, digits, AnalysisConfig(calibration=64, reading="gate"))
     assert result.grams[0].device.type == device.type
     assert chanprune.evaluate(model, digits, limit=64)["n"] == 64
     _all_on(model, device)

@@ -42,7 +42,7 @@ def test_round_trip_every_family_and_kind(tmp_path, name, kind):
 def test_real_images_from_a_bundle(tmp_path):
     data = chanprune.load_data("digits")
     model = chanprune.create_model("resnet20", num_classes=data.num_classes, in_channels=data.in_channels, width=0.5).eval()
-    res = export(model, tmp_path / "m.onnx", data.example_input(1), data=data, real_images=10)
+    res = export(model, tmp_path / "m.onnx", data.example_inputs(1), data=data, real_images=10)
     assert res.real_images == 10 and res.max_abs_error_real <= res.tolerance
 
 
@@ -110,7 +110,7 @@ def test_cli_export_writes_a_checked_file(tmp_path):
     result = CliRunner().invoke(cli.app, ["export", str(tmp_path / "m"), "--data", "digits", "--exporter", "torchscript"])
     assert result.exit_code == 0, (result.output, result.exception)
     session = onnx_session(tmp_path / "m.onnx")
-    assert session.run(None, {"input": data.example_input(3).numpy()})[0].shape == (3, 10)
+    assert session.run(None, {"input": data.example_inputs(3).numpy()})[0].shape == (3, 10)
     assert "tolerance" in result.output
     bad = CliRunner().invoke(cli.app, ["export", str(tmp_path / "m"), "--data", "digits", "--format", "tflite"])
     assert bad.exit_code != 0 and "only format is onnx" in str(bad.exception)

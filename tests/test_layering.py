@@ -3,8 +3,9 @@
 Every import counts, at module level and inside functions alike: a function-level import is still a
 dependency (it runs on the first call), and allowing it would let a cycle hide behind a late import.
 An edge goes to the module imported (``from .x import y`` → ``x``, or ``x.y`` where ``y`` is a
-submodule); importing a submodule is not counted as an import of its parent package's ``__init__``
-(Python runs that first, but the package init only re-exports and registers).
+submodule) and to every package above it, whose ``__init__`` Python runs first — except the packages
+above the importing module itself, which are already being imported when it runs (a package's own
+``__init__`` importing its submodules is no cycle).
 """
 from __future__ import annotations
 
@@ -46,7 +47,11 @@ def import_graph() -> dict[str, set[str]]:
                 targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in modules else mod for a in node.names]
             else:
                 continue
-            deps |= {t for t in targets if t in modules and t != name}
+            own = {".".join(name.split(".")[:i]) for i in range(1, len(name.split(".")))}
+            for t in targets:
+                parts = t.split(".")
+                deps |= {p for p in (".".join(parts[:i]) for i in range(1, len(parts) + 1))
+                         if p in modules and p != name and p not in own}
         graph[name] = deps
     return graph
 
@@ -87,6 +92,8 @@ def test_the_cycle_check_sees_cycles():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     graph = import_graph()
     assert "chanprune.methods.pipeline" in graph["chanprune.methods.cp"]  # relative imports resolve
+    assert "chanprune.recovery" in graph["chanprune.methods.cp"]  # a submodule's package __init__ runs first
+    assert "chanprune.methods" not in graph["chanprune.methods.cp"]  # but not the importer's own package
 
 
 # Torch-Pruning's internals: its DependencyGraph and nodes, and its operator classes. Only graph.py

@@ -67,7 +67,7 @@ def test_latency_interleaved_all_models_and_batch_sizes():
 
 
 class TinyData:
-    """Just what measure() needs: example_input and a test loader."""
+    """Just what measure() needs: example_inputs and a test loader."""
 
     name = "tiny"
 
@@ -76,7 +76,7 @@ class TinyData:
         self.x = torch.randn(40, 1, 8, 8, generator=g)
         self.y = torch.randint(0, 10, (40,), generator=g)
 
-    def example_input(self, batch: int = 1) -> torch.Tensor:
+    def example_inputs(self, batch: int = 1) -> torch.Tensor:
         return torch.zeros(batch, 1, 8, 8)
 
     def loader(self, split="test", batch_size=512, shuffle=False, augment=False, seed=0, limit=None, epoch=0):
@@ -87,12 +87,12 @@ class TinyData:
 def test_measure_with_baseline():
     data, dense, small = TinyData(), net(32), net(4)
     res = measure(small, data, baseline=dense, batch_sizes=(1, 8), repeats=3, limit=20)
-    assert res["macs"] == count_macs_params(small, data.example_input())[0]
+    assert res["macs"] == count_macs_params(small, data.example_inputs())[0]
     assert res["params"] == sum(p.numel() for p in small.parameters())
     assert 0 <= res["accuracy"] <= 100
     assert set(res["latency_ms"]) == {1, 8} and all(v > 0 for v in res["latency_ms"].values())
     assert set(res["speedup"]) == {1, 8} and all(v > 0 for v in res["speedup"].values())
-    assert 0 < res["mac_ratio"] < 1 and 0 < res["param_ratio"] < 1
+    assert 0 < res["macs_kept"] < 1 and 0 < res["params_kept"] < 1
     alone = measure(small, data, batch_sizes=(1,), repeats=2, accuracy=False)
     assert alone["accuracy"] is None and "speedup" not in alone
 

@@ -51,13 +51,13 @@ def global_ranking(scores: Sequence[torch.Tensor], round_to: int | None = None, 
 class SearchResult:
     keep: list[int]
     knob: float
-    ratio: float      # achieved cost ratio (by the cost model)
-    target: float
+    kept: float       # achieved fraction of the dense cost kept (by the cost model)
+    target: float     # the fraction of the dense cost asked for
     kind: str
 
     @property
     def within(self) -> float:
-        return abs(self.ratio - self.target) / self.target
+        return abs(self.kept - self.target) / self.target
 
 
 def search(
@@ -73,24 +73,24 @@ def search(
     Raises :class:`PruneError` when even t = 1 keeps more than the target allows.
     """
     lo, hi = 0.0, 1.0
-    full = cost.ratio(widths(hi), kind)
+    full = cost.kept(widths(hi), kind)
     if full > target * (1 + tolerance):
         raise PruneError(
             f"the target of {target:.1%} of the {COST_NAMES[kind]} cannot be reached: "
             f"the smallest model this allocation allows keeps {full:.1%}; ask for a larger target or allow more pruning."
         )
-    if cost.ratio(widths(lo), kind) <= target:
+    if cost.kept(widths(lo), kind) <= target:
         keep = widths(lo)
-        return SearchResult(keep, lo, cost.ratio(keep, kind), target, kind)
+        return SearchResult(keep, lo, cost.kept(keep, kind), target, kind)
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        if cost.ratio(widths(mid), kind) > target:
+        if cost.kept(widths(mid), kind) > target:
             lo = mid
         else:
             hi = mid
     keep = widths(hi)
     keep = nudge(keep, cost, target, kind, tolerance)
-    return SearchResult(keep, hi, cost.ratio(keep, kind), target, kind)
+    return SearchResult(keep, hi, cost.kept(keep, kind), target, kind)
 
 
 def nudge(keep, cost, target, kind, tolerance, step=None) -> list[int]:
@@ -103,19 +103,19 @@ def nudge(keep, cost, target, kind, tolerance, step=None) -> list[int]:
     """
     keep = list(keep)
     full = cost.graph.widths()
-    ratio = cost.ratio(keep, kind)
-    while abs(ratio - target) > tolerance * target:
+    kept = cost.kept(keep, kind)
+    while abs(kept - target) > tolerance * target:
         best = None
         for g, (k, n) in enumerate(zip(keep, full)):
             wider = k + 1 if step is None else step(g, k)
             if k >= n or not k < wider <= n:
                 continue
             keep[g] = wider
-            r = cost.ratio(keep, kind)
+            r = cost.kept(keep, kind)
             keep[g] = k
             if r <= target * (1 + tolerance) and (best is None or r > best[0]):
                 best = (r, g, wider)
         if best is None:
             break
-        ratio, g, keep[g] = best
+        kept, g, keep[g] = best
     return keep

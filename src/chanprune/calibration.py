@@ -69,13 +69,13 @@ def as_batches(data, n: int | Sequence[int], batch_size: int, seed: int) -> Batc
     return calibration_batches(data, n, batch_size, seed)[0]
 
 
-def example_input(data, example_inputs: torch.Tensor | None) -> torch.Tensor:
+def trace_inputs(data, example_inputs: torch.Tensor | None) -> torch.Tensor:
     """The one-image input the model is traced on: ``example_inputs`` if given, else zeros shaped like one image
     of ``data`` (a bundle, a pair, or a list of batches)."""
     if example_inputs is not None:
         return example_inputs
-    if data is not None and hasattr(data, "example_input"):
-        return data.example_input(1)
+    if data is not None and hasattr(data, "example_inputs"):
+        return data.example_inputs(1)
     if is_pair(data):
         return torch.zeros_like(data[0][:1], dtype=torch.float32)
     if isinstance(data, (list, tuple)) and data and is_pair(data[0]):

@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-# The library's messages name remedies as keyword arguments (``allow_exceed=True``, ``samples=120``); a command
-# rewrites those that are its own options into flags (``--allow-exceed``, ``--samples 120``), so a CLI user reads
+# The library's messages name remedies as keyword arguments (``allow_exceed=True``, ``calibration=120``); a command
+# rewrites those that are its own options into flags (``--allow-exceed``, ``--calibration 120``), so a CLI user reads
 # the remedy in the terms they can act on. One table, built from the running command's signature.
 _KEYWORD = re.compile(r"(?<![\w.\-])([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|\[[^\]]*\]|[^\s,;)]+)")
 _OPTIONS: dict[str, inspect.Parameter] = {}
@@ -35,7 +35,7 @@ def cli_terms(message: str) -> str:
         if param is None:
             return m.group(0)
         end = ""
-        if value.endswith(".") and not value[:1] in "'\"[":
+        if value.endswith(".") and value[:1] not in "'\"[":
             value, end = value[:-1], "."
         option = "--" + name.replace("_", "-")
         if value == "None":
@@ -375,7 +375,7 @@ def train(model: str = typer.Argument(..., help="zoo name, e.g. resnet20"),
     net = chanprune.create_model(model, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, limit_train=limit, device=device)
     history = chanprune.train(net, bundle, cfg, checkpoint_dir=Path(out) / "state")
-    _save(net, Path(out) / "model", extra={"data": data, "input_shape": list(bundle.example_input(1).shape[1:])})
+    _save(net, Path(out) / "model", extra={"data": data, "input_shape": list(bundle.example_inputs(1).shape[1:])})
     result = _measure(net, bundle, repeats=10, threads=threads)
     record = {"command": "train", "model": model, "data": data, "config": cfg.as_dict(), "seed": seed, **result,
               "wall_seconds": time.time() - t0, "history": history.get("epochs")}
@@ -414,7 +414,7 @@ def analyze(model: str = typer.Argument(..., help="saved model stem"), data: str
                                                     "labels drawn from the model (true Fisher); gradient readings only"),
             rule: str = typer.Option("energy", help="numerical-rank rule: energy (keep η of Σσ²) | rel | abs | exact"),
             threshold: Optional[float] = typer.Option(None, help="rank-rule threshold (default: AnalysisConfig's, 0.999 energy)"),
-            samples: int = typer.Option(512, help="calibration images from the training split (64 or more)"),
+            calibration: int = typer.Option(512, help="calibration images from the training split (64 or more)"),
             threads: Optional[int] = THREADS, out: str = typer.Option("runs/analyze", help="output folder"),
             device: str = _device_option(), nproc: int = _nproc_option()):
     """Effective filters per group, maximum safe rates and the network's maximum compression."""
@@ -429,7 +429,7 @@ def analyze(model: str = typer.Argument(..., help="saved model stem"), data: str
     given = {"reading": reading} if reading is not None else {}
     if threshold is not None or rule != "energy":  # another rule without a threshold takes that rule's own default
         given["threshold"] = threshold
-    cfg = AnalysisConfig(labels=labels, rule=rule, samples=samples, **given)
+    cfg = AnalysisConfig(labels=labels, rule=rule, calibration=calibration, **given)
     net, bundle = _model_and_data(model, data, root, device)
     result = chanprune.analyze(net, bundle, cfg)
     if not distributed.is_main():
@@ -633,7 +633,7 @@ def cacp(ctx: typer.Context, model: str = typer.Argument(..., help="saved model 
         chanprune.save(pruned, outp / f"rate_{rate:g}" / "model", history=pruned.chanprune_history, extra={"data": bundle.name})
         members.append({"rate": rate, "accuracy_no_finetune": acc, "macs": rec["macs"], "params": rec["params"],
                         "keep": rec["cacp"]["keep"], "verified": rec["verified"]})
-        rows.append((f"{rate:.0%}", f"{rec['macs']['ratio']:.1%}", f"{rec['params']['ratio']:.1%}", f"{acc:.2f}%"))
+        rows.append((f"{rate:.0%}", f"{rec['macs']['kept']:.1%}", f"{rec['params']['kept']:.1%}", f"{acc:.2f}%"))
     write_record(outp / "record.json", {
         "command": "cacp", "model": getattr(net, "chanprune_spec", {}).get("name"), "data": bundle.name,
         "rate_convention": "fraction of the dense model's MACs kept", "config": family.policy.config.to_dict(),
@@ -734,7 +734,6 @@ def finetune(model: str = typer.Argument(..., help="saved model stem"), data: st
 def _lowrank_report(label: str, net, bundle, small, *, acc: dict, test_limit: Optional[int], out: Path, record: dict,
                     t0: float, repeats: int = 20, threads: Optional[int] = None) -> dict:
     """Measure ``small`` against ``net`` (interleaved latency), save it, write the record, print the table."""
-    import chanprune
 
     result = _measure(small, bundle, baseline=net, repeats=repeats, accuracy=False, threads=threads)
     threads = result["threads"]
@@ -749,8 +748,8 @@ def _lowrank_report(label: str, net, bundle, small, *, acc: dict, test_limit: Op
             "speedup": result.get("speedup"), "threads": threads, "layers": dec["layers"], "wall_seconds": time.time() - t0}
     write_record(out / "record.json", full)
     rows = [(k, f"{v:.2f}%") for k, v in acc.items() if v is not None]
-    rows += [("MACs", f"{_fmt_m(result['baseline']['macs'])} → {_fmt_m(result['macs'])} ({result['mac_ratio']:.1%})"),
-             ("params", f"{_fmt_m(result['baseline']['params'])} → {_fmt_m(result['params'])} ({result['param_ratio']:.1%})"),
+    rows += [("MACs", f"{_fmt_m(result['baseline']['macs'])} → {_fmt_m(result['macs'])} ({result['macs_kept']:.1%})"),
+             ("params", f"{_fmt_m(result['baseline']['params'])} → {_fmt_m(result['params'])} ({result['params_kept']:.1%})"),
              ("layers", f"{dec['decomposed']} decomposed, {dec['skipped']} left (no MAC saving)")]
     for bs, x in (result.get("speedup") or {}).items():
         rows.append((f"latency bs={bs}", f"{_latency(result['baseline']['latency'][bs], threads)} → "
@@ -863,7 +862,7 @@ def bench(model: str = typer.Argument(..., help="saved model stem"), baseline: O
     threads = result["threads"]
     rows = [("accuracy", f"{result['accuracy']:.2f}%"), ("MACs", _fmt_m(result["macs"])), ("params", _fmt_m(result["params"]))]
     if base is not None:
-        rows.append(("MAC reduction", f"{1 / result['mac_ratio']:.2f}×"))
+        rows.append(("MAC reduction", f"{1 / result['macs_kept']:.2f}×"))
     for b, entry in (result.get("backends") or {names[0]: {"latency": result["latency"], "speedup": result.get("speedup")}}).items():
         if "error" in entry:
             rows.append((b, entry["error"]))
@@ -891,7 +890,7 @@ def export(model: str = typer.Argument(..., help="saved model stem"), format: st
     if format != "onnx":
         raise ConfigError(f"unknown export format {format!r}; the only format is onnx.")
     net, bundle = _model_and_data(model, data, root)
-    res = _export(net, out or f"{model}.onnx", bundle.example_input(1), data=bundle, exporter=exporter, opset=opset)
+    res = _export(net, out or f"{model}.onnx", bundle.example_inputs(1), data=bundle, exporter=exporter, opset=opset)
     console.print(_kv_table(f"ONNX export of {model}", [
         ("file", f"{res.path} ({res.bytes / 1e6:.2f} MB, opset {res.opset}, {res.exporter} exporter, dynamic batch)"),
         ("max |onnx − torch|, random", f"{res.max_abs_error:.2e} (batches {', '.join(map(str, res.checked_batches))})"),
@@ -947,7 +946,7 @@ def demo(checkpoint: str = typer.Option(str(DEFAULT_CHECKPOINT), help="saved mod
     _check_out(out, folder=True)
     threads = _set_threads(threads)
     net, bundle = _model_and_data(checkpoint, data, None)
-    safe = chanprune.analyze(net, bundle, AnalysisConfig(samples=256))  # the default reading: the no-fine-tune knee
+    safe = chanprune.analyze(net, bundle, AnalysisConfig(calibration=256))  # the default reading: the no-fine-tune knee
     console.print(f"analysis ({safe.config.reading} reading, energy {safe.config.threshold}, N={safe.samples}): "
                   f"about {safe.max_compression_macs:.1%} of the MACs can go before accuracy drops without fine-tuning")
     extra = {"allow_exceed": True} if method == "hierarchical" else {}

@@ -17,6 +17,7 @@ from torch.overrides import TorchFunctionMode
 
 from .device import to_device
 from .graph import PruningGraph
+from .modes import eval_mode, preserve_mode
 
 
 def _channels(module: nn.Module) -> tuple[int, int] | None:
@@ -38,10 +39,16 @@ def _output_only(module: nn.Module) -> bool:
 COST_NAMES = {"macs": "MACs", "params": "params"}  # how a target's kind is written in messages
 
 
-def count(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
-    """(MACs, params) of the model as it is, by Torch-Pruning's counter (the input follows the model's device)."""
-    macs, params = tp.utils.count_ops_and_params(model, to_device(example_inputs, model))
-    return int(macs), int(params)
+def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
+    """``(MACs per sample, parameter count)`` of ``model`` as it is, by Torch-Pruning's counter.
+
+    It counts multiply-accumulates, not FLOPs, per sample (it averages over the batch); a conv's bias adds
+    ``out_channels·H·W``. The model is not changed and every module's train/eval flag is as before; the
+    input follows the model's device.
+    """
+    with preserve_mode(model):
+        macs, params = tp.utils.count_ops_and_params(model, to_device(example_inputs, model))
+    return int(round(float(macs))), int(params)
 
 
 class CostModel:
@@ -78,8 +85,8 @@ class CostModel:
                 out_c, _ = _channels(source)
                 links = [(g, om, 0.0) for g, om, _ in touched[source] if om]
                 self.layers.append((float(macs_m), float(layer_params.get(module) or 0), out_c, out_c, True, links))
-        self._fixed_macs = self.macs - sum(l[0] for l in self.layers)
-        self._fixed_params = self.params - sum(l[1] for l in self.layers)
+        self._fixed_macs = self.macs - sum(layer[0] for layer in self.layers)
+        self._fixed_params = self.params - sum(layer[1] for layer in self.layers)
 
     def _sources(self) -> dict[nn.Module, nn.Module]:
         """For every leaf module, the leaf module that wrote its input tensor (one hooked forward pass).
@@ -113,15 +120,12 @@ class CostModel:
 
         leaves = [m for m in self.graph.model.modules() if not list(m.children())]
         handles = [m.register_forward_hook(hook) for m in leaves]
-        was_training = self.graph.model.training
-        self.graph.model.eval()
         try:
-            with torch.no_grad(), Propagate():
+            with eval_mode(self.graph.model), torch.no_grad(), Propagate():
                 self.graph.model(self.graph.example_inputs)
         finally:
             for h in handles:
                 h.remove()
-            self.graph.model.train(was_training)
         return source
 
     def _upstream(self, module: nn.Module, touched, sources) -> nn.Module | None:
@@ -145,6 +149,7 @@ class CostModel:
             params += layer_params * scale
         return macs, params
 
-    def ratio(self, keep: Sequence[int], kind: str = "macs") -> float:
+    def kept(self, keep: Sequence[int], kind: str = "macs") -> float:
+        """The fraction of the dense model's MACs (or params) that per-group widths ``keep`` cost."""
         macs, params = self(keep)
         return macs / self.macs if kind == "macs" else params / self.params

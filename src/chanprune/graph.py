@@ -21,7 +21,7 @@ and where a per-channel constant added to a layer's output ends up (:meth:`Pruni
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,7 @@ from torch_pruning import ops as tp_ops
 
 from .device import to_device
 from .errors import ModelError, PruneError
+from .modes import eval_mode
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Conv1d, nn.Linear)
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
@@ -172,10 +173,8 @@ class PruningGraph:
         self.example_inputs = example_inputs = to_device(example_inputs, model)
         ignored = default_ignored(model) + _resolve_layers(model, ignored_layers)
         self.ignored = ignored
-        was_training = model.training
-        model.eval()
         try:
-            with torch.enable_grad():
+            with eval_mode(model), torch.enable_grad():
                 self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
         except Exception as exc:  # tracing failures come from deep inside torch/torch-pruning
             if "same device" in str(exc):
@@ -188,8 +187,6 @@ class PruningGraph:
                 f"Torch-Pruning could not trace this model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                 "check that forward() runs on the example input and uses standard nn.Module layers."
             ) from None
-        finally:
-            model.train(was_training)
         self.names = {m: n for n, m in model.named_modules()}
         self.groups: list[ChannelGroup] = []
         for tp_group in self.dg.get_all_groups(ignored_layers=list(ignored), root_module_types=PRUNABLE_TYPES):

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,7 +47,7 @@ from .errors import LoadError, ModelError
 from .lowrank.modules import SCHEMES as _LOWRANK_SCHEMES, LowRank
 from .partition.modules import BlockLinear, GroupedConv2d
 
-__all__ = ["save", "load", "read_spec", "spec_from_model", "FORMAT", "VERSION", "LAYER_TYPES"]
+__all__ = ["save", "load", "read_spec", "spec_from_model", "FORMAT", "VERSION", "CODECS", "LayerCodec"]
 
 FORMAT = "chanprune-model"
 VERSION = 1
@@ -120,12 +121,11 @@ def _build_bn(cls: type, s: dict, factory: dict) -> nn.Module:
 
 def _lowrank_spec(m: nn.Module) -> dict:
     return {"scheme": m.scheme, "rank": m.rank,
-            "layers": [{"type": _CLASS_TO_TYPE[type(part)], **LAYER_TYPES[_CLASS_TO_TYPE[type(part)]][1](part)}
-                       for part in m]}
+            "layers": [layer_spec(part) for part in m]}
 
 
 def _build_lowrank(cls: type, s: dict, factory: dict) -> nn.Module:
-    parts = [LAYER_TYPES[p["type"]][2](LAYER_TYPES[p["type"]][0], p, factory) for p in s["layers"]]
+    parts = [CODECS[p["type"]].build(CODECS[p["type"]].cls, p, factory) for p in s["layers"]]
     return cls(s["scheme"], *parts)
 
 
@@ -149,26 +149,23 @@ def _build_groupedconv(cls: type, s: dict, factory: dict) -> nn.Module:
     return cls(_build_conv(nn.Conv2d, s["conv"], factory), in_index=s["in_index"], out_index=s["out_index"])
 
 
-# type name -> (class, spec reader, builder). Exact classes only: a subclass is not recorded.
-LAYER_TYPES: dict[str, tuple[type, Callable[[nn.Module], dict], Callable[[type, dict, dict], nn.Module]]] = {
-    "Conv1d": (nn.Conv1d, lambda m: _conv_spec(m, 1), _build_conv),
-    "Conv2d": (nn.Conv2d, lambda m: _conv_spec(m, 2), _build_conv),
-    "BatchNorm1d": (nn.BatchNorm1d, _bn_spec, _build_bn),
-    "BatchNorm2d": (nn.BatchNorm2d, _bn_spec, _build_bn),
-    "Linear": (nn.Linear, _linear_spec,
-               lambda c, s, f: c(s["in_features"], s["out_features"], bias=s["bias"], **f)),
-    "LayerNorm": (nn.LayerNorm, _layernorm_spec,
-                  lambda c, s, f: c(tuple(s["normalized_shape"]), eps=s["eps"],
-                                    elementwise_affine=s["elementwise_affine"], bias=s["bias"], **f)),
-    "GroupNorm": (nn.GroupNorm, _groupnorm_spec,
-                  lambda c, s, f: c(s["num_groups"], s["num_channels"], eps=s["eps"], affine=s["affine"], **f)),
-    "LowRank": (LowRank, _lowrank_spec, _build_lowrank),
-    "BlockLinear": (BlockLinear, _blocklinear_spec, _build_blocklinear),
-    "GroupedConv2d": (GroupedConv2d, _groupedconv_spec, _build_groupedconv),
-}
-# layers that hold their parts in their own entry, and the builder layers each may stand in for
-_COMPOSITE = {"LowRank": (), "BlockLinear": (nn.Linear,), "GroupedConv2d": (nn.Conv2d,)}
-_CLASS_TO_TYPE = {cls: name for name, (cls, _, _) in LAYER_TYPES.items()}
+def _build_linear(cls: type, s: dict, factory: dict) -> nn.Module:
+    return cls(s["in_features"], s["out_features"], bias=s["bias"], **factory)
+
+
+def _build_layernorm(cls: type, s: dict, factory: dict) -> nn.Module:
+    return cls(tuple(s["normalized_shape"]), eps=s["eps"], elementwise_affine=s["elementwise_affine"], bias=s["bias"],
+               **factory)
+
+
+def _build_groupnorm(cls: type, s: dict, factory: dict) -> nn.Module:
+    return cls(s["num_groups"], s["num_channels"], eps=s["eps"], affine=s["affine"], **factory)
+
+
+def layer_spec(module: nn.Module) -> dict:
+    """{"type": ..., **fields} of one layer of a recorded type, as it is now."""
+    type_name = _CLASS_TO_TYPE[type(module)]
+    return {"type": type_name, **CODECS[type_name].read(module)}
 
 
 def spec_from_model(model: nn.Module) -> dict:
@@ -184,11 +181,10 @@ def spec_from_model(model: nn.Module) -> dict:
     for name, module in model.named_modules():
         if any(name.startswith(p) for p in inside):
             continue
-        type_name = _CLASS_TO_TYPE.get(type(module))
-        if type_name is None:
+        if type(module) not in _CLASS_TO_TYPE:
             continue
-        layers[name] = {"type": type_name, **LAYER_TYPES[type_name][1](module)}
-        if type_name in _COMPOSITE:
+        layers[name] = layer_spec(module)
+        if CODECS[layers[name]["type"]].composite:
             inside.append(f"{name}." if name else "")
     return layers
 
@@ -355,21 +351,6 @@ class _Checker:
         return d
 
 
-_LAYER_FIELDS = {
-    "Conv1d": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
-               "padding_mode"),
-    "BatchNorm2d": ("num_features", "eps", "momentum", "affine", "track_running_stats"),
-    "Linear": ("in_features", "out_features", "bias"),
-    "LayerNorm": ("normalized_shape", "eps", "elementwise_affine", "bias"),
-    "GroupNorm": ("num_groups", "num_channels", "eps", "affine"),
-}
-_LAYER_FIELDS["Conv2d"] = _LAYER_FIELDS["Conv1d"]
-_LAYER_FIELDS["BatchNorm1d"] = _LAYER_FIELDS["BatchNorm2d"]
-_LAYER_FIELDS["LowRank"] = ("scheme", "rank", "layers")
-_LAYER_FIELDS["BlockLinear"] = ("in_sizes", "out_sizes", "pairs", "bias", "masked", "in_index", "out_index")
-_LAYER_FIELDS["GroupedConv2d"] = ("conv", "in_index", "out_index")
-
-
 def _check_partitioned(c: _Checker, ctx: str, t: str, s: dict) -> None:
     """A BlockLinear (P part sizes each side, distinct in-range blocks with every diagonal one) or a
     GroupedConv2d (a Conv2d entry)."""
@@ -429,60 +410,115 @@ def _check_lowrank(c: _Checker, ctx: str, s: dict) -> None:
         raise c.fail(f"{ctx} rank is {rank} but its parts meet at widths {widths[0]} and {widths[1]}")
 
 
+def _check_conv(c: _Checker, ctx: str, s: dict, nd: int) -> None:
+    cin = c.int_in(f"{ctx} in_channels", s["in_channels"], 1, _MAX_COUNT)
+    cout = c.int_in(f"{ctx} out_channels", s["out_channels"], 1, _MAX_COUNT)
+    c.int_list(f"{ctx} kernel_size", s["kernel_size"], nd, 1, _MAX_GEOM)
+    c.int_list(f"{ctx} stride", s["stride"], nd, 1, _MAX_GEOM)
+    c.int_list(f"{ctx} dilation", s["dilation"], nd, 1, _MAX_GEOM)
+    if isinstance(s["padding"], str):
+        if s["padding"] not in ("same", "valid"):
+            raise c.fail(f"{ctx} padding must be 'same', 'valid' or a list of integers, got {_short(s['padding'])}")
+    else:
+        c.int_list(f"{ctx} padding", s["padding"], nd, 0, _MAX_GEOM)
+    g = c.int_in(f"{ctx} groups", s["groups"], 1, _MAX_COUNT)
+    if cin % g or cout % g:
+        raise c.fail(f"{ctx} groups={g} does not divide in_channels={cin} and out_channels={cout}")
+    c.bool_(f"{ctx} bias", s["bias"])
+    if s["padding_mode"] not in _PADDING_MODES:
+        raise c.fail(f"{ctx} padding_mode must be one of {', '.join(_PADDING_MODES)}, "
+                     f"got {_short(s['padding_mode'])}")
+
+
+def _check_bn(c: _Checker, ctx: str, s: dict) -> None:
+    c.int_in(f"{ctx} num_features", s["num_features"], 1, _MAX_COUNT)
+    c.float_(f"{ctx} eps", s["eps"], 0.0, 1.0, lo_open=True)
+    if s["momentum"] is not None:
+        c.float_(f"{ctx} momentum", s["momentum"], 0.0, 1.0)
+    c.bool_(f"{ctx} affine", s["affine"])
+    c.bool_(f"{ctx} track_running_stats", s["track_running_stats"])
+
+
+def _check_linear(c: _Checker, ctx: str, s: dict) -> None:
+    c.int_in(f"{ctx} in_features", s["in_features"], 1, _MAX_COUNT)
+    c.int_in(f"{ctx} out_features", s["out_features"], 1, _MAX_COUNT)
+    c.bool_(f"{ctx} bias", s["bias"])
+
+
+def _check_layernorm(c: _Checker, ctx: str, s: dict) -> None:
+    c.int_list(f"{ctx} normalized_shape", s["normalized_shape"], None, 1, _MAX_COUNT)
+    c.float_(f"{ctx} eps", s["eps"], 0.0, 1.0, lo_open=True)
+    c.bool_(f"{ctx} elementwise_affine", s["elementwise_affine"])
+    c.bool_(f"{ctx} bias", s["bias"])
+
+
+def _check_groupnorm(c: _Checker, ctx: str, s: dict) -> None:
+    g = c.int_in(f"{ctx} num_groups", s["num_groups"], 1, _MAX_COUNT)
+    ch = c.int_in(f"{ctx} num_channels", s["num_channels"], 1, _MAX_COUNT)
+    if ch % g:
+        raise c.fail(f"{ctx} num_groups={g} does not divide num_channels={ch}")
+    c.float_(f"{ctx} eps", s["eps"], 0.0, 1.0, lo_open=True)
+    c.bool_(f"{ctx} affine", s["affine"])
+
+
+@dataclass(frozen=True)
+class LayerCodec:
+    """How one layer type is recorded in the spec: its class, its fields, and how to read, build and check it.
+
+    A *composite* layer (a factorised or partitioned one) holds its parts in its own entry and may stand in
+    for the builder's layer of another class (``stands_for(spec)``); it is never nested in another entry.
+    """
+
+    cls: type
+    fields: tuple[str, ...]
+    read: Callable[[nn.Module], dict]                        # module → {field: value}
+    build: Callable[[type, dict, dict], nn.Module]           # (cls, spec, factory kwargs) → module
+    check: Callable[[_Checker, str, dict], None]             # raises c.fail(...) on a bad field
+    composite: bool = False
+    stands_for: Callable[[dict], tuple[type, ...]] = lambda s: ()
+
+
+_CONV_FIELDS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
+                "padding_mode")
+_BN_FIELDS = ("num_features", "eps", "momentum", "affine", "track_running_stats")
+
+# Every recorded layer type, and all the per-type knowledge of the format. Exact classes only: a subclass
+# is not recorded. A new layer type is one entry here (with its reader, builder and check).
+CODECS: dict[str, LayerCodec] = {
+    "Conv1d": LayerCodec(nn.Conv1d, _CONV_FIELDS, lambda m: _conv_spec(m, 1), _build_conv,
+                         lambda c, ctx, s: _check_conv(c, ctx, s, 1)),
+    "Conv2d": LayerCodec(nn.Conv2d, _CONV_FIELDS, lambda m: _conv_spec(m, 2), _build_conv,
+                         lambda c, ctx, s: _check_conv(c, ctx, s, 2)),
+    "BatchNorm1d": LayerCodec(nn.BatchNorm1d, _BN_FIELDS, _bn_spec, _build_bn, _check_bn),
+    "BatchNorm2d": LayerCodec(nn.BatchNorm2d, _BN_FIELDS, _bn_spec, _build_bn, _check_bn),
+    "Linear": LayerCodec(nn.Linear, ("in_features", "out_features", "bias"), _linear_spec, _build_linear, _check_linear),
+    "LayerNorm": LayerCodec(nn.LayerNorm, ("normalized_shape", "eps", "elementwise_affine", "bias"), _layernorm_spec,
+                            _build_layernorm, _check_layernorm),
+    "GroupNorm": LayerCodec(nn.GroupNorm, ("num_groups", "num_channels", "eps", "affine"), _groupnorm_spec,
+                            _build_groupnorm, _check_groupnorm),
+    "LowRank": LayerCodec(LowRank, ("scheme", "rank", "layers"), _lowrank_spec, _build_lowrank,
+                          lambda c, ctx, s: _check_lowrank(c, ctx, s), composite=True,
+                          stands_for=lambda s: (_LOWRANK_SCHEMES[s["scheme"]],)),
+    "BlockLinear": LayerCodec(BlockLinear, ("in_sizes", "out_sizes", "pairs", "bias", "masked", "in_index", "out_index"),
+                              _blocklinear_spec, _build_blocklinear,
+                              lambda c, ctx, s: _check_partitioned(c, ctx, "BlockLinear", s), composite=True,
+                              stands_for=lambda s: (nn.Linear,)),
+    "GroupedConv2d": LayerCodec(GroupedConv2d, ("conv", "in_index", "out_index"), _groupedconv_spec, _build_groupedconv,
+                                lambda c, ctx, s: _check_partitioned(c, ctx, "GroupedConv2d", s), composite=True,
+                                stands_for=lambda s: (nn.Conv2d,)),
+}
+_CLASS_TO_TYPE = {codec.cls: name for name, codec in CODECS.items()}
+
+
 def _check_layer(c: _Checker, name: str, s: Any, nested: bool = False) -> None:
     ctx = name if nested else f"layer {_short(name)}"
-    if not isinstance(s, dict) or not isinstance(s.get("type"), str) or s["type"] not in LAYER_TYPES \
-            or (nested and s["type"] in _COMPOSITE):
+    if not isinstance(s, dict) or not isinstance(s.get("type"), str) or s["type"] not in CODECS \
+            or (nested and CODECS[s["type"]].composite):
         t = s.get("type") if isinstance(s, dict) else s
-        raise c.fail(f"{ctx} has unsupported type {_short(t)} (expected one of {', '.join(LAYER_TYPES)})")
-    t = s["type"]
-    c.keys(ctx, s, ("type",) + _LAYER_FIELDS[t])
-    if t == "LowRank":
-        _check_lowrank(c, ctx, s)
-    if t in ("BlockLinear", "GroupedConv2d"):
-        _check_partitioned(c, ctx, t, s)
-    if t in ("Conv1d", "Conv2d"):
-        nd = 1 if t == "Conv1d" else 2
-        cin = c.int_in(f"{ctx} in_channels", s["in_channels"], 1, _MAX_COUNT)
-        cout = c.int_in(f"{ctx} out_channels", s["out_channels"], 1, _MAX_COUNT)
-        c.int_list(f"{ctx} kernel_size", s["kernel_size"], nd, 1, _MAX_GEOM)
-        c.int_list(f"{ctx} stride", s["stride"], nd, 1, _MAX_GEOM)
-        c.int_list(f"{ctx} dilation", s["dilation"], nd, 1, _MAX_GEOM)
-        if isinstance(s["padding"], str):
-            if s["padding"] not in ("same", "valid"):
-                raise c.fail(f"{ctx} padding must be 'same', 'valid' or a list of integers, got {_short(s['padding'])}")
-        else:
-            c.int_list(f"{ctx} padding", s["padding"], nd, 0, _MAX_GEOM)
-        g = c.int_in(f"{ctx} groups", s["groups"], 1, _MAX_COUNT)
-        if cin % g or cout % g:
-            raise c.fail(f"{ctx} groups={g} does not divide in_channels={cin} and out_channels={cout}")
-        c.bool_(f"{ctx} bias", s["bias"])
-        if s["padding_mode"] not in _PADDING_MODES:
-            raise c.fail(f"{ctx} padding_mode must be one of {', '.join(_PADDING_MODES)}, "
-                         f"got {_short(s['padding_mode'])}")
-    elif t in ("BatchNorm1d", "BatchNorm2d"):
-        c.int_in(f"{ctx} num_features", s["num_features"], 1, _MAX_COUNT)
-        c.float_(f"{ctx} eps", s["eps"], 0.0, 1.0, lo_open=True)
-        if s["momentum"] is not None:
-            c.float_(f"{ctx} momentum", s["momentum"], 0.0, 1.0)
-        c.bool_(f"{ctx} affine", s["affine"])
-        c.bool_(f"{ctx} track_running_stats", s["track_running_stats"])
-    elif t == "Linear":
-        c.int_in(f"{ctx} in_features", s["in_features"], 1, _MAX_COUNT)
-        c.int_in(f"{ctx} out_features", s["out_features"], 1, _MAX_COUNT)
-        c.bool_(f"{ctx} bias", s["bias"])
-    elif t == "LayerNorm":
-        c.int_list(f"{ctx} normalized_shape", s["normalized_shape"], None, 1, _MAX_COUNT)
-        c.float_(f"{ctx} eps", s["eps"], 0.0, 1.0, lo_open=True)
-        c.bool_(f"{ctx} elementwise_affine", s["elementwise_affine"])
-        c.bool_(f"{ctx} bias", s["bias"])
-    elif t == "GroupNorm":
-        g = c.int_in(f"{ctx} num_groups", s["num_groups"], 1, _MAX_COUNT)
-        ch = c.int_in(f"{ctx} num_channels", s["num_channels"], 1, _MAX_COUNT)
-        if ch % g:
-            raise c.fail(f"{ctx} num_groups={g} does not divide num_channels={ch}")
-        c.float_(f"{ctx} eps", s["eps"], 0.0, 1.0, lo_open=True)
-        c.bool_(f"{ctx} affine", s["affine"])
+        raise c.fail(f"{ctx} has unsupported type {_short(t)} (expected one of {', '.join(CODECS)})")
+    codec = CODECS[s["type"]]
+    c.keys(ctx, s, ("type",) + codec.fields)
+    codec.check(c, ctx, s)
 
 
 def _validate(doc: Any, c: _Checker) -> dict:
@@ -694,18 +730,19 @@ def _rebuild(doc: dict, tensors: dict[str, torch.Tensor], c: _Checker) -> nn.Mod
             old = model.get_submodule(lname) if lname else model
         except AttributeError:
             raise c.fail(f"layer {_short(lname)} does not exist in model {_short(name)}") from None
-        cls, read, build = LAYER_TYPES[ls["type"]]
+        codec = CODECS[ls["type"]]
+        cls = codec.cls
         # a factorised or partitioned layer stands in for the builder's Conv2d or Linear
-        replaces = (cls, _LOWRANK_SCHEMES[ls["scheme"]]) if cls is LowRank else (cls,) + _COMPOSITE.get(ls["type"], ())
+        replaces = (cls,) + codec.stands_for(ls)
         if type(old) not in replaces:
             raise c.fail(f"layer {_short(lname)} is a {ls['type']} in the spec but a {type(old).__name__} "
                          f"in model {_short(name)}")
-        if type(old) is cls and {"type": ls["type"], **read(old)} == ls:
+        if type(old) is cls and layer_spec(old) == ls:
             continue  # already the recorded shape (e.g. not pruned): keep the builder's module
         first = next(iter(old.parameters(recurse=False)), None)
         dtype = first.dtype if first is not None else torch.get_default_dtype()
         try:
-            new = build(cls, ls, {"device": "meta", "dtype": dtype})
+            new = codec.build(cls, ls, {"device": "meta", "dtype": dtype})
         except (ValueError, TypeError, RuntimeError) as exc:
             raise c.fail(f"layer {_short(lname)} cannot be built from the spec ({exc})") from None
         prefix = f"{lname}." if lname else ""
@@ -716,7 +753,7 @@ def _rebuild(doc: dict, tensors: dict[str, torch.Tensor], c: _Checker) -> nn.Mod
             if _shape(value) != _shape(tensors[full]):
                 raise c.fail(f"tensor {full!r} has shape {_shape(tensors[full])} in the weights file but layer "
                              f"{_short(lname)} in the spec needs {_shape(value)}")
-        new = build(cls, ls, {"device": "cpu", "dtype": dtype})  # weights are overwritten below
+        new = codec.build(cls, ls, {"device": "cpu", "dtype": dtype})  # weights are overwritten below
         new.train(old.training)
         model = _replace(model, by_id.get(id(old), [lname]), new)
 

@@ -1,8 +1,7 @@
 """Measured cost of a model: MACs, parameters, accuracy and CPU latency.
 
-* MACs/params come from ``torch_pruning.utils.count_ops_and_params`` (it counts multiply-
-  accumulates, not FLOPs; per sample, since it averages over the batch; a conv's bias adds
-  ``out_channels*H*W``).
+* MACs/params come from :func:`chanprune.cost.count_macs_params` (Torch-Pruning's counter: multiply-
+  accumulates, not FLOPs, per sample).
 * Latency is always measured on CPU under ``torch.inference_mode`` in eval mode, on copies of
   the models, and *interleaved*: each round times every model once per batch size, with the
   model order rotated every round, so slow drifts of the machine (thermal, other processes)
@@ -18,29 +17,18 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from . import distributed
+from .cost import count_macs_params
 from .device import model_device
-from .engine.evaluate import evaluate, preserve_mode
+from .engine.evaluate import evaluate
+from .modes import preserve_mode
 from .errors import ConfigError
 
 __all__ = ["count_macs_params", "latency", "measure"]
 
 
-def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
-    """``(MACs per sample, parameter count)`` of ``model`` on ``example_input``.
-
-    The model is not changed (torch-pruning works on a deep copy) and every module's train/eval
-    flag is as before. The input is moved to the model's device.
-    """
-    dev = model_device(model)
-    if isinstance(example_input, torch.Tensor):
-        example_input = example_input.to(dev)
-    with preserve_mode(model):
-        macs, params = tp.utils.count_ops_and_params(model, example_input)
-    return int(round(float(macs))), int(params)
 
 
 def _cpu_eval_copy(model: nn.Module) -> nn.Module:
@@ -168,7 +156,7 @@ def measure(model: nn.Module, data: Any, *, baseline: nn.Module | None = None,
 
     Returns ``{"macs", "params", "accuracy" (test %, or None with accuracy=False),
     "latency_ms": {bs: median}, "latency": full latency() entry}`` and, with a baseline,
-    ``"speedup": {bs: baseline median / model median}``, ``"mac_ratio"`` and ``"param_ratio"``
+    ``"speedup": {bs: baseline median / model median}``, ``"macs_kept"`` and ``"params_kept"``
     (model / baseline, i.e. the fraction kept) and ``"baseline": {"macs", "params",
     "latency_ms"}``. Baseline and model are timed interleaved in one run. ``limit`` caps the
     test samples used for accuracy. These top-level latencies are PyTorch eager's (the first of
@@ -179,7 +167,7 @@ def measure(model: nn.Module, data: Any, *, baseline: nn.Module | None = None,
     """
     from .errors import ExportError
 
-    example = data.example_input(1)
+    example = data.example_inputs(1)
     macs, params = count_macs_params(model, example)
     result: dict[str, Any] = {"macs": macs, "params": params}
     result["accuracy"] = evaluate(model, data, split="test", limit=limit)["accuracy"] if accuracy else None
@@ -219,8 +207,8 @@ def measure(model: nn.Module, data: Any, *, baseline: nn.Module | None = None,
     if baseline is not None:
         bmacs, bparams = count_macs_params(baseline, example)
         result["speedup"] = dict(lat["speedup"]["model"])
-        result["mac_ratio"] = macs / bmacs if bmacs else float("nan")
-        result["param_ratio"] = params / bparams if bparams else float("nan")
+        result["macs_kept"] = macs / bmacs if bmacs else float("nan")
+        result["params_kept"] = params / bparams if bparams else float("nan")
         result["baseline"] = {"macs": bmacs, "params": bparams,
                               "latency_ms": {bs: v["median_ms"] for bs, v in lat["baseline"].items()},
                               "latency": lat["baseline"]}

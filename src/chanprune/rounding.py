@@ -68,14 +68,14 @@ def fit_blocks(planned: Sequence[int], channels: Sequence[int], q: int, cost, ta
         w = min(channels[g], (k // q + 1) * q)
         return w if w <= high[g] else channels[g] + 1  # beyond one block from the plan: not a step nudge may take
 
-    while cost.ratio(keep, kind) > value * (1 + tolerance):
+    while cost.kept(keep, kind) > value * (1 + tolerance):
         movable = [g for g, k in enumerate(keep) if down(k) >= low[g]]
         if not movable:
             return None
         g = max(movable, key=lambda g: (keep[g] / planned[g], keep[g]))
         keep[g] = down(keep[g])
     keep = alloc.nudge(keep, cost, value, kind, tolerance, step=up)
-    return keep if cost.ratio(keep, kind) >= value * (1 - LOWER_SLACK) else None
+    return keep if cost.kept(keep, kind) >= value * (1 - LOWER_SLACK) else None
 
 
 def latency_aware_keep(session, widths: alloc.WidthsFn, *, candidates: Sequence[int] = CANDIDATES,
@@ -97,8 +97,8 @@ def latency_aware_keep(session, widths: alloc.WidthsFn, *, candidates: Sequence[
         if keep is None:
             refused[q] = f"no widths in blocks of {q} within one block of the plan meet the target"
             continue
-        ratio = session.cost.ratio(keep, target[0]) if target else None
-        options[q] = (keep, alloc.SearchResult(keep, float("nan"), ratio, target[1], target[0]) if target else None)
+        kept = session.cost.kept(keep, target[0]) if target else None
+        options[q] = (keep, alloc.SearchResult(keep, float("nan"), kept, target[1], target[0]) if target else None)
     if not options:
         raise PruneError(f"no rounding in {tuple(candidates)} reaches the target; ask for a larger target or round_to=None.")
     distinct: dict[tuple[int, ...], int] = {}
@@ -112,6 +112,6 @@ def latency_aware_keep(session, widths: alloc.WidthsFn, *, candidates: Sequence[
     keep, res = options[best]
     record = {"backend": "onnxruntime", "batch": batch, "threads": threads, "repeats": repeats, "chosen": best,
               "table": {str(q): {"ms": ms[q], "keep": list(options[q][0]),
-                                 "macs_ratio": session.cost.ratio(options[q][0], "macs")} for q in options},
+                                 "macs_kept": session.cost.kept(options[q][0], "macs")} for q in options},
               "refused": refused, "seconds": time.perf_counter() - t0}
     return list(keep), res, record

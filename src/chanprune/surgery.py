@@ -43,6 +43,7 @@ import torch.nn as nn
 from .device import model_device
 from .errors import ChanpruneError, ConfigError, ModelError, PruneError, VerificationError
 from .graph import PruningGraph
+from .modes import eval_mode
 
 TOLERANCE = 1e-5  # relative error allowed between the pruned model and the masked original
 PROBE_SIZE = 2  # images in the probe batch: prune() takes this many calibration images, else random ones (one image
@@ -151,33 +152,12 @@ def _first_float_dtype(model: nn.Module) -> torch.dtype | None:
     return None
 
 
-class _evaluating:
-    """Put a model in eval mode for a forward pass, then restore every module's training flag."""
-
-    def __init__(self, model: nn.Module, modules: Sequence[nn.Module] | None = None):
-        self.model, self.modules = model, modules
-
-    def __enter__(self):
-        modules = self.modules if self.modules is not None else self.model.modules()
-        self.training = [m for m in modules if m.training]
-        for m in self.training:
-            m.training = False
-        return self.model
-
-    def __exit__(self, *exc):
-        for m in self.training:
-            m.training = True
-        return False
-
-
-def _forward(model: nn.Module, probe: torch.Tensor, dtype: torch.dtype,
-             modules: Sequence[nn.Module] | None = None) -> torch.Tensor:
+def _forward(model: nn.Module, probe: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``model(probe)`` in eval mode, without autograd, in ``dtype`` — without casting, copying or mutating
-    ``model`` (a model in another dtype runs on cast copies of its tensors through ``functional_call``).
-    ``modules``: ``model.modules()``, if the caller has them already."""
+    ``model`` (a model in another dtype runs on cast copies of its tensors through ``functional_call``)."""
     own = _first_float_dtype(model)
     x = probe.to(device=model_device(model), dtype=dtype)
-    with torch.inference_mode(), _evaluating(model, modules):
+    with torch.inference_mode(), eval_mode(model):
         if own is None or own == dtype:
             out = model(x)
         else:
@@ -245,7 +225,7 @@ def _compare(original: nn.Module, pruned: nn.Module, probe: torch.Tensor, dtype:
     modules = dict(original.named_modules())
     handles = _witness_hooks(modules, sites) + _recorders(modules, consumers, w_store)
     try:
-        expected = _forward(original, probe, dtype, list(modules.values()))
+        expected = _forward(original, probe, dtype)
     except ChanpruneError:
         raise
     except Exception as exc:
@@ -257,7 +237,7 @@ def _compare(original: nn.Module, pruned: nn.Module, probe: torch.Tensor, dtype:
     modules = dict(pruned.named_modules())
     handles = _recorders(modules, consumers, p_store)
     try:
-        got = _forward(pruned, probe, dtype, list(modules.values()))
+        got = _forward(pruned, probe, dtype)
     except ChanpruneError:
         raise
     except Exception as exc:

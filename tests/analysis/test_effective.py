@@ -59,7 +59,7 @@ def data(n=48, seed=0):
 
 def k_of(net, reading, n=48):
     x, y = data(n)
-    res = analyze(net, (x, y), AnalysisConfig(reading=reading, rule="exact", samples=n, batch_size=16))
+    res = analyze(net, (x, y), AnalysisConfig(reading=reading, rule="exact", calibration=n, batch_size=16))
     return first(res.groups).effective, res
 
 
@@ -181,22 +181,22 @@ def test_energy_rule_on_constructed_spectrum():
 def test_clear_errors():
     net = base_net()
     x, y = data(4)
-    with pytest.raises(AnalysisError, match="at least 6 samples"):
-        analyze(net, (x, y), AnalysisConfig(reading="gate", samples=4))
+    with pytest.raises(AnalysisError, match="at least 6 images"):
+        analyze(net, (x, y), AnalysisConfig(reading="gate", calibration=4))
     with pytest.raises(AnalysisError, match="train mode"):
-        analyze(net.train(), (x, y), AnalysisConfig(reading="gate", samples=4))
+        analyze(net.train(), (x, y), AnalysisConfig(reading="gate", calibration=4))
     bad = base_net()
     with torch.no_grad():
         bad[0].weight[0, 0, 0, 0] = float("nan")
     x, y = data(16)
     with pytest.raises(AnalysisError, match="NaN"):
-        analyze(bad, (x, y), AnalysisConfig(reading="gate", samples=16))
+        analyze(bad, (x, y), AnalysisConfig(reading="gate", calibration=16))
 
 
 def test_curve_and_outputs(tmp_path):
     net = base_net()
     x, y = data(48)
-    res = analyze(net, (x, y), AnalysisConfig(reading="gate", samples=48))
+    res = analyze(net, (x, y), AnalysisConfig(reading="gate", calibration=48))
     curve = res.curve([0.5, 0.9, 0.99, 0.999])
     rates = [r["max_compression_macs"] for r in curve]
     assert rates == sorted(rates, reverse=True)  # a stricter threshold allows less compression

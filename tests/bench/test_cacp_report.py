@@ -3,7 +3,7 @@ import json
 
 
 def _row(key, accuracy, macs, cpu=None):
-    row = {"key": key, "accuracy": accuracy, "macs_ratio": macs}
+    row = {"key": key, "accuracy": accuracy, "macs_kept": macs}
     if cpu is not None:
         row.update(seconds=10 * cpu, cpu_seconds=cpu)
     return row

@@ -66,7 +66,7 @@ def test_run_row_records_the_fields(sb):
     ctx = fake_ctx(sb)
     row = sb.run_row(ctx, sb.tp_method("tp.l1"), 0.5, None, finetune=False)
     assert row["status"] == "ok"
-    for key in ("macs", "params", "macs_ratio", "accuracy_before_bn", "accuracy_no_ft", "latency", "prune_seconds",
+    for key in ("macs", "params", "macs_kept", "accuracy_before_bn", "accuracy_no_ft", "latency", "prune_seconds",
                 "calibration_images", "seed", "within_tolerance"):
         assert key in row
     json.dumps(row, allow_nan=False)

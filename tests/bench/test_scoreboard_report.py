@@ -16,7 +16,7 @@ def _row(method, family, target, ft, nf=60.0, std=0.2, status="ok", round_to=Non
     if status != "ok":
         r["reason"] = "PruneError: nope"
         return r
-    r.update(macs_ratio=target, params_ratio=target, accuracy_before_bn=10.0, accuracy_no_ft=nf, test_images=2000,
+    r.update(macs_kept=target, params_kept=target, accuracy_before_bn=10.0, accuracy_no_ft=nf, test_images=2000,
              accuracy_ft={"mean": ft, "std": std, "values": [ft], "seeds": [0]} if ft is not None else None,
              latency={"b1": {"speedup": 1.2}, "b32": {"speedup": 1.5}}, prune_seconds=1.0, search_seconds=1.0,
              within_tolerance=True)
@@ -92,7 +92,7 @@ def test_same_refit_verdicts_split_the_margin(sb, report):
 def test_round_to_finding_counts_models_where_the_ratio_rose(sb, report):
     def rt_row(method, rt, macs, s1, s32):
         r = _row(method, "chanprune" if method.startswith("ours") else "torch-pruning", 0.5, None, round_to=rt)
-        r.update(macs_ratio=macs, latency={"b1": {"speedup": s1}, "b32": {"speedup": s32}})
+        r.update(macs_kept=macs, latency={"b1": {"speedup": s1}, "b32": {"speedup": s32}})
         return r
     doc = _doc(sb, [rt_row("ours.hierarchical", None, 0.5, 1.2, 1.2), rt_row("ours.hierarchical", 8, 0.5, 1.0, 1.6),
                     rt_row("tp.l1", None, 0.5, 1.2, 1.2), rt_row("tp.l1", 8, 0.5, 1.0, 1.6)])

@@ -84,7 +84,7 @@ def test_out_of_range_indices_name_the_split():
 def test_analyze_and_decompose_take_a_pair():
     x, y = calib(16)
     model = tiny("resnet20")
-    result = chanprune.analyze(model, (x, y), chanprune.AnalysisConfig(samples=16))
+    result = chanprune.analyze(model, (x, y), chanprune.AnalysisConfig(calibration=16))
     assert result.samples == 16
     small = chanprune.decompose(model, chanprune.DecomposeConfig(threshold=0.9), data=(x, y))
     assert small(x).shape == (16, 10)

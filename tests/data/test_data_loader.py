@@ -120,7 +120,7 @@ def test_calibration_and_example_input(digits):
     x2, y2 = digits.calibration(50, seed=1)
     assert torch.equal(x, x2) and torch.equal(y, y2)
     assert not torch.equal(digits.calibration(50, seed=2)[1], y) or not torch.equal(digits.calibration(50, seed=2)[0], x)
-    e = digits.example_input(3)
+    e = digits.example_inputs(3)
     assert e.shape == (3, 1, 8, 8) and e.dtype == torch.float32 and not e.any()
 
 

@@ -69,7 +69,7 @@ class StandInDigits:
             s = _Split(s.x[:limit], s.y[:limit])
         return StandInLoader(s, batch_size, shuffle, seed, epoch)
 
-    def example_input(self, batch: int = 1) -> torch.Tensor:
+    def example_inputs(self, batch: int = 1) -> torch.Tensor:
         return torch.zeros(batch, 1, 8, 8)
 
 

@@ -190,7 +190,7 @@ class FuzzNet(nn.Module):
         return self.head(self.body(x))
 
 
-def example_input(spec: dict, batch: int = 1, seed: int = 0) -> torch.Tensor:
+def example_inputs(spec: dict, batch: int = 1, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, spec["in_channels"], spec["size"], spec["size"], generator=g)
 
@@ -295,7 +295,7 @@ def widths_of(spec: dict, seed: int = 0):
     from chanprune.graph import PruningGraph
 
     model = FuzzNet(spec, seed).eval()
-    graph = PruningGraph(copy.deepcopy(model), example_input(spec))
+    graph = PruningGraph(copy.deepcopy(model), example_inputs(spec))
     return model, graph
 
 

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from chanprune.errors import ChanpruneError, PruneError, VerificationError
 from chanprune.graph import PruningGraph
 from chanprune.surgery import TOLERANCE, mask_hooks, mask_sites, prune_copy
-from tests.fuzz._archs import FuzzNet, arch_specs, example_input, one_sentence, plans
+from tests.fuzz._archs import FuzzNet, arch_specs, example_inputs, one_sentence, plans
 
 STATS: collections.Counter = collections.Counter()
 EXAMPLES = 40
@@ -77,7 +77,7 @@ def _independent_check(model, graph, plan, pruned, spec) -> float:
     """float64, a 3-image probe verification never saw: pruned(x) vs the original masked at its producers."""
     witness = copy.deepcopy(model).double().eval()
     handles = mask_hooks(witness, mask_sites(graph, plan))
-    x = example_input(spec, batch=3, seed=12345).double()
+    x = example_inputs(spec, batch=3, seed=12345).double()
     try:
         with torch.no_grad():
             want = witness(x)
@@ -93,7 +93,7 @@ def _independent_check(model, graph, plan, pruned, spec) -> float:
 @given(spec=arch_specs(), train_mode=st.booleans(), data=st.data())
 def _trial(spec, train_mode, data):
     model = FuzzNet(spec).train(train_mode)
-    x = example_input(spec)
+    x = example_inputs(spec)
     snap = _snapshot(model)
     try:
         with _time_limit(20):  # guard the suite against Torch-Pruning tracing that never ends (counted)
@@ -238,7 +238,7 @@ def test_torch_pruning_slices_grouped_conv_inputs_wrongly():
 
 def test_a_wrong_mapping_hidden_on_one_probe_image_is_caught_by_the_default_probe():
     """Found by bench/fuzz_surgery.py: on this architecture a wrong Torch-Pruning mapping gives exactly the masked
-    original's output on the one image example_input(seed 0) (the channels it touches are dead there), so a
+    original's output on the one image example_inputs(seed 0) (the channels it touches are dead there), so a
     one-image probe verified it; the default probe (surgery.PROBE_SIZE images) must refuse it."""
     from chanprune import surgery
 
@@ -249,7 +249,7 @@ def test_a_wrong_mapping_hidden_on_one_probe_image_is_caught_by_the_default_prob
     plan = {0: [0, 1, 2, 3, 4, 5, 6], 2: [0, 1, 2, 3, 4, 5, 6], 4: [1, 2, 4]}
     torch.manual_seed(0)
     model = FuzzNet(spec).eval()
-    x = example_input(spec)
+    x = example_inputs(spec)
     graph = PruningGraph(copy.deepcopy(model), x)
     assert [g.channels for g in graph.groups] == [9, 3, 13, 12, 9]
     pruned, report = surgery.apply_plan(graph, plan, model, probe=x)  # the one-image probe is fooled ...

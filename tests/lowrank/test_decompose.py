@@ -230,7 +230,7 @@ def test_channel_pruning_after_decomposition(tmp_path, method):
         cfg = chanprune.HierarchicalConfig(target_macs=0.5, calibration=64, allow_exceed=True)
     pruned = chanprune.prune(small, cfg, data=(x, y), example_inputs=x[:1])
     rec = pruned.chanprune_history[-1]
-    assert rec["verified"] and abs(rec["macs"]["ratio"] - 0.5) < 0.02
+    assert rec["verified"] and abs(rec["macs"]["kept"] - 0.5) < 0.02
     assert [h["method"] for h in pruned.chanprune_history] == ["decompose", method]
     after = {n: m.rank for n, m in pruned.named_modules() if isinstance(m, LowRank)}
     assert set(after) == set(ranks) and all(after[n] <= ranks[n] for n in ranks)

@@ -1,5 +1,4 @@
 """TRP training: the hooks do what methods.md §8 says, a tiny run on digits lowers the rank, resume is exact."""
-import json
 
 import pytest
 import torch

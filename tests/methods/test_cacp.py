@@ -114,7 +114,7 @@ def test_episodes_cycle_the_support_and_reward_accuracy_over_its_running_mean(fa
         for i, e in enumerate(seen):
             mean = sum(s["accuracy"] for s in seen[: i + 1]) / (i + 1)
             assert e["reward"] == pytest.approx(e["accuracy"] / mean)
-        assert all(e["macs_ratio"] <= rate + 1e-9 for e in seen)
+        assert all(e["macs_kept"] <= rate + 1e-9 for e in seen)
 
 
 def test_family_exports_verified_models_within_budget_and_deterministically(family, net, digits):
@@ -124,8 +124,8 @@ def test_family_exports_verified_models_within_budget_and_deterministically(fami
         pruned = family.at(rate)
         rec = pruned.chanprune_history[-1]
         assert rec["verified"] and rec["method"] == "cacp" and rec["compensation"]["consumers"]
-        assert rec["macs"]["ratio"] <= rate * 1.01
-        assert rec["cacp"]["predicted_macs_ratio"] <= rate + 1e-9
+        assert rec["macs"]["kept"] <= rate * 1.01
+        assert rec["cacp"]["predicted_macs_kept"] <= rate + 1e-9
     fresh = CACPFamily(net, family.policy, digits)
     a, b = family.at(0.55), fresh.at(0.55)
     assert a.chanprune_history[-1]["cacp"]["keep"] == b.chanprune_history[-1]["cacp"]["keep"]
@@ -185,7 +185,7 @@ def test_amc_mode_has_no_rate_input_and_one_agent_per_rate(net, digits):
     fam = chanprune.prune(net, _cfg(conditional=False, warmup=2, episodes=1), digits)
     assert sorted(fam.policy.actors) == ["0.4", "0.7"]
     assert fam.policy.actors["0.4"].net[0].in_features == state_dim(False) == state_dim(True) - 1
-    assert fam.at(0.4).chanprune_history[-1]["macs"]["ratio"] <= 0.4 * 1.01
+    assert fam.at(0.4).chanprune_history[-1]["macs"]["kept"] <= 0.4 * 1.01
     with pytest.raises(ConfigError, match="AMC-mode"):
         fam.at(0.55)
 
@@ -211,7 +211,7 @@ def test_cli_searches_exports_and_reexports_from_the_saved_policy(tmp_path):
     assert run.exit_code == 0, run.output
     first = json.loads((tmp_path / "a" / "record.json").read_text())
     assert [m["rate"] for m in first["members"]] == [0.4, 0.55]
-    assert all(m["macs"]["ratio"] <= m["rate"] * 1.01 and m["verified"] for m in first["members"])
+    assert all(m["macs"]["kept"] <= m["rate"] * 1.01 and m["verified"] for m in first["members"])
     again = CliRunner().invoke(cli.app, ["cacp", *common, "--policy", str(tmp_path / "a" / "policy"), "--export", "0.4", "0.55",
                                          "--out", str(tmp_path / "b")])
     assert again.exit_code == 0, again.output

@@ -19,7 +19,7 @@ def test_floor_and_target(name, allocation):
     x, y = calib(96)
     # layers wider than the calibration set (MobileNetV2's 1280-channel head) are left out of the analysis
     wide = tuple(n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels > 96)
-    res = analyze(model, (x, y), AnalysisConfig(**{**LOOSE.__dict__, "samples": 96, "ignored_layers": wide}))
+    res = analyze(model, (x, y), AnalysisConfig(**{**LOOSE.__dict__, "calibration": 96, "ignored_layers": wide}))
     target = 1 - 0.5 * res.max_compression_macs  # half of what the analysis allows
     cfg = HierarchicalConfig(target_macs=target, allocation=allocation, calibration=96, analysis=LOOSE, ignored_layers=wide)
     pruned = chanprune.prune(model, cfg, data=(x, y), example_inputs=x[:1])
@@ -27,16 +27,16 @@ def test_floor_and_target(name, allocation):
     assert record["analysis"]["effective"] == res.effective
     for g, k in zip(record["groups"], res.effective):
         assert g["kept"] >= k
-    assert abs(record["macs"]["ratio"] - target) <= 0.01 * target
+    assert abs(record["macs"]["kept"] - target) <= 0.01 * target
     assert record["verified"]
 
 
 def test_at_max_rate_every_group_keeps_exactly_k():
     model = tiny("resnet20")
     x, y = calib(96)
-    res = analyze(model, (x, y), AnalysisConfig(**{**LOOSE.__dict__, "samples": 96}))
-    keep_ratio = 1 - res.max_compression_macs
-    cfg = HierarchicalConfig(target_macs=keep_ratio, calibration=96, analysis=LOOSE)
+    res = analyze(model, (x, y), AnalysisConfig(**{**LOOSE.__dict__, "calibration": 96}))
+    kept = 1 - res.max_compression_macs
+    cfg = HierarchicalConfig(target_macs=kept, calibration=96, analysis=LOOSE)
     pruned = chanprune.prune(model, cfg, data=(x, y), example_inputs=x[:1])
     assert [g["kept"] for g in pruned.chanprune_history[-1]["groups"]] == res.effective
 
@@ -44,14 +44,14 @@ def test_at_max_rate_every_group_keeps_exactly_k():
 def test_over_target_is_refused_unless_allowed():
     model = chanprune.create_model("resnet20", num_classes=10, in_channels=1).eval()  # full width: fine-grained MACs
     x, y = calib(96)
-    strict = AnalysisConfig(reading="gate", rule="energy", threshold=0.999, samples=96)
+    strict = AnalysisConfig(reading="gate", rule="energy", threshold=0.999, calibration=96)
     res = analyze(model, (x, y), strict)
     beyond = (1 - res.max_compression_macs) * 0.8
     cfg = dict(target_macs=beyond, calibration=96, analysis=strict)
     with pytest.raises(OverPruneError, match="allow_exceed=True"):
         chanprune.prune(model, HierarchicalConfig(**cfg), data=(x, y), example_inputs=x[:1])
     pruned = chanprune.prune(model, HierarchicalConfig(**cfg, allow_exceed=True), data=(x, y), example_inputs=x[:1])
-    assert abs(pruned.chanprune_history[-1]["macs"]["ratio"] - beyond) <= 0.01 * beyond
+    assert abs(pruned.chanprune_history[-1]["macs"]["kept"] - beyond) <= 0.01 * beyond
 
 
 def test_duplicate_pairs_lose_exactly_one_each():
@@ -60,7 +60,7 @@ def test_duplicate_pairs_lose_exactly_one_each():
     net = base_net()
     wide = widen(widen(net, source=1, split=0.5), source=4, split=0.25)  # copies of 1 and 4 at indices 6, 7
     x, y = data(64)
-    cfg = HierarchicalConfig(ratio=0.0, calibration=64, analysis=AnalysisConfig(reading="gate", rule="exact", samples=64))
+    cfg = HierarchicalConfig(ratio=0.0, calibration=64, analysis=AnalysisConfig(reading="gate", rule="exact", calibration=64))
     res = analyze(wide, (x, y), cfg.analysis)
     assert first(res.groups).effective == N_BASE
     gi = first(res.groups).index
@@ -89,7 +89,7 @@ def test_reanalysis_after_pruning_to_max_finds_no_redundancy():
     """Verify 4: prune the planted copies away, re-analyse: k_l = n'_l."""
     net = widen(base_net(), source=2, split=0.5)
     x, y = data(64)
-    acfg = AnalysisConfig(reading="gate", rule="exact", samples=64)
+    acfg = AnalysisConfig(reading="gate", rule="exact", calibration=64)
     res = analyze(net, (x, y), acfg)
     pruned = chanprune.prune(net, HierarchicalConfig(target_macs=1 - res.max_compression_macs, calibration=64, analysis=acfg),
                              data=(x, y), example_inputs=x[:1])
@@ -117,7 +117,7 @@ def test_iterative_mode_reaches_target_in_steps():
     assert 1 <= len(steps) <= 3
     total = 1.0
     for h in steps:
-        total *= h["macs"]["ratio"]
+        total *= h["macs"]["kept"]
     assert abs(total - 0.6) <= 0.02 * 0.6
     with pytest.raises(chanprune.ChanpruneError, match="iterate > 1 needs"):
         HierarchicalConfig(ratio=0.3, iterate=2)
@@ -127,8 +127,8 @@ def test_groups_wider_than_the_samples_are_kept_whole():
     """Gate reading, N = 48 < 64 channels: those groups cannot show redundancy, so k_l = n_l and they are not cut."""
     model = chanprune.create_model("resnet20", num_classes=10, in_channels=1).eval()  # groups of 16, 32 and 64
     x, y = calib(48)
-    gate = AnalysisConfig(reading="gate", rule="energy", threshold=0.9, samples=48)
-    with pytest.warns(UserWarning, match="samples=64"):
+    gate = AnalysisConfig(reading="gate", rule="energy", threshold=0.9, calibration=48)
+    with pytest.warns(UserWarning, match="calibration=64"):
         res = analyze(model, (x, y), gate)
     wide = [g.index for g in res.groups if g.channels > 48]
     assert wide and all(not g.resolved and g.effective == g.channels for g in res.groups if g.index in wide)
@@ -141,4 +141,4 @@ def test_groups_wider_than_the_samples_are_kept_whole():
     groups = pruned.chanprune_history[-1]["groups"]
     assert all(groups[i]["kept"] == groups[i]["channels"] for i in wide)
     assert pruned.chanprune_history[-1]["analysis"]["unresolved"] == [g.name for g in res.groups if g.index in wide]
-    assert abs(pruned.chanprune_history[-1]["macs"]["ratio"] - target) <= 0.01 * target
+    assert abs(pruned.chanprune_history[-1]["macs"]["kept"] - target) <= 0.01 * target

@@ -241,7 +241,7 @@ def test_recover_compensate_after_l1():
                             data=(x, y), example_inputs=x[:1])
     record = fixed.chanprune_history[-1]
     assert record["verified"] and record["config"]["recover"] == "compensate"
-    assert abs(record["macs"]["ratio"] - 0.5) <= 0.005
+    assert abs(record["macs"]["kept"] - 0.5) <= 0.005
     # the first consumer (features.3) reads the first pruned group; upstream is unchanged
     session = PruneSession(model, config, (x, y), x[:1])
     plan = criterion_planner(session)

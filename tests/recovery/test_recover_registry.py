@@ -40,4 +40,4 @@ def test_unknown_recovery_and_missing_training_data():
         L1Config(recover="retrain")
     x, y = calib(4)
     with pytest.raises(ConfigError, match="re-estimates BatchNorm statistics from training images; pass data=a DataBundle"):
-        chanprune.prune(tiny("lenet5"), L1Config(recover="bn"), data=(x, y), example_inputs=x[:1])
+        chanprune.prune(tiny("lenet5"), L1Config(recover="bn", recover_batches=20), data=(x, y), example_inputs=x[:1])

@@ -59,7 +59,7 @@ class Digits12:
         self.x = torch.randn(96, 1, SIZE, SIZE, generator=g)
         self.y = torch.randint(0, 10, (96,), generator=g)
 
-    def example_input(self, batch=1):
+    def example_inputs(self, batch=1):
         return torch.zeros(batch, 1, SIZE, SIZE)
 
     def calibration(self, n, seed=0):

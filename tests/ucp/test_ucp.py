@@ -12,7 +12,7 @@ from chanprune.graph import PruningGraph
 from chanprune.ucp import MSEB, UCPConfig, insert_mseb, mseb_scores, strip_mseb
 from chanprune.methods.ucp import _reinitialise, eligible, mean_rule, resolve_structure
 
-from tests.conftest import SIZE, calib, tiny
+from tests.conftest import calib, tiny
 
 
 def test_mseb_with_zero_excitation_weights_halves_its_input():
@@ -88,7 +88,7 @@ def test_basic_resnet_stage_is_pruned_uniformly(digits):
         if not isinstance(stage[0].shortcut, nn.Identity):
             widths.add(stage[0].shortcut[0].out_channels)
         assert len(widths) == 1, widths
-    assert pruned(digits.example_input(2)).shape == (2, 10)
+    assert pruned(digits.example_inputs(2)).shape == (2, 10)
     assert pruned.chanprune_history[-1]["macs"]["after"] < 0.52 * pruned.chanprune_history[-1]["macs"]["before"]
 
 

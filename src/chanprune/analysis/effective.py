@@ -12,7 +12,6 @@ R_max = 1 − Cost(every group at k_l channels)/Cost(original), consumers' input
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -74,8 +73,8 @@ class AnalysisConfig:
     """Settings of the effective-filter analysis.
 
     ``reading``: which gradient matrix (docs/hierarchical.md); ``labels``: ``true`` (empirical Fisher) or
-    ``sampled`` (true Fisher); ``rule``/``threshold``: the numerical-rank rule; ``samples``: calibration
-    images (N must be at least the widest group's channel count for the ``gate`` reading).
+    ``sampled`` (true Fisher); ``rule``/``threshold``: the numerical-rank rule; ``calibration``: the number of
+    calibration images N (at least the widest group's channel count for the ``gate`` reading).
 
     Default ``feature`` reading at η = 0.999: of the four readings, its estimated network maximum sat
     closest to the measured no-fine-tune knee on the shipped ResNet-20/56 and VGG-16 (bench/effective_filters.py,
@@ -87,7 +86,7 @@ class AnalysisConfig:
     labels: str = "true"
     rule: str = "energy"
     threshold: float | None = 0.999
-    samples: int = 512
+    calibration: int = 512
     batch_size: int = 64
     seed: int = 0
     ignored_layers: tuple[str, ...] = ()
@@ -103,8 +102,8 @@ class AnalysisConfig:
             raise ConfigError(f"the energy threshold must lie in (0, 1], got {self.threshold}.")
         if self.rule in ("rel", "abs") and self.threshold is not None and self.threshold < 0:
             raise ConfigError(f"the {self.rule} threshold must be non-negative, got {self.threshold}.")
-        if not isinstance(self.samples, int) or self.samples < 1:
-            raise ConfigError(f"samples must be a positive number of images, not {self.samples!r}.")
+        if not isinstance(self.calibration, int) or self.calibration < 1:
+            raise ConfigError(f"calibration must be a positive number of images, not {self.calibration!r}.")
         self.ignored_layers = tuple(self.ignored_layers)
 
 
@@ -236,13 +235,11 @@ def _network_rates(cost: CostModel, keep: list[int]) -> tuple[float, float]:
 
 
 def analyze(model: nn.Module, data, config: AnalysisConfig | None = None, *, example_inputs: torch.Tensor | None = None,
-            graph: PruningGraph | None = None, samples_knob: str = "samples") -> AnalysisResult:
+            graph: PruningGraph | None = None) -> AnalysisResult:
     """Effective filters k_l, maximum rates ρ_l^max and the network's R_max (docs/hierarchical.md).
 
     The model must be in eval mode (running BatchNorm statistics keep per-sample rows independent).
-    ``data``: a DataBundle (``samples`` calibration images from its training split) or (images, labels).
-    ``samples_knob``: the caller's setting that sets the number of images, named in the advice when it is too small
-    (a pruning method passes ``"calibration"``).
+    ``data``: a DataBundle (``calibration`` images from its training split) or (images, labels).
     """
     config = config or AnalysisConfig()
     if not isinstance(model, nn.Module):
@@ -250,7 +247,7 @@ def analyze(model: nn.Module, data, config: AnalysisConfig | None = None, *, exa
     if model.training:
         raise AnalysisError("the model is in train mode, so BatchNorm mixes samples and per-sample gradients are wrong; call model.eval() first.")
     t0 = time.perf_counter()
-    batches = as_batches(data, config.samples, config.batch_size, config.seed)
+    batches = as_batches(data, config.calibration, config.batch_size, config.seed)
     if not batches:
         raise AnalysisError("no calibration images were given; pass data=a DataBundle or (images, labels) with at least one image.")
     if example_inputs is None:
@@ -261,7 +258,7 @@ def analyze(model: nn.Module, data, config: AnalysisConfig | None = None, *, exa
     if n_images < FEW_SAMPLES:
         warnings.warn(
             f"the analysis sees only {n_images} image{'s' if n_images != 1 else ''}, too few for its ranks (and the "
-            f"maximum compression from them) to mean much; pass {samples_knob}={max(FEW_SAMPLES, config.samples)} "
+            f"maximum compression from them) to mean much; pass calibration={max(FEW_SAMPLES, config.calibration)} "
             f"or more.", stacklevel=2)
     # The gate reading gives one row per sample, so rank(𝒢_l) ≤ N: a group wider than N would look redundant
     # by sampling alone. Such groups are kept whole (k_l = n_l) with a warning; if no group is narrow enough,
@@ -272,11 +269,11 @@ def analyze(model: nn.Module, data, config: AnalysisConfig | None = None, *, exa
         if len(too_wide) == len(graph.groups):
             raise AnalysisError(
                 f"{n_images} samples cannot reveal the rank of any group (the gate reading gives one row per sample and the "
-                f"narrowest group has {min(g.channels for g in too_wide)} channels); use at least {widest} samples ({samples_knob}={widest}).")
+                f"narrowest group has {min(g.channels for g in too_wide)} channels); use at least {widest} images (calibration={widest}).")
         names = ", ".join(f"{g.name} ({g.channels})" for g in too_wide[:3]) + (", …" if len(too_wide) > 3 else "")
         warnings.warn(
             f"groups wider than the {n_images} samples can resolve are taken as all effective and are not pruned by the "
-            f"analysis: {names}; pass {samples_knob}={widest} or more to analyse them.",
+            f"analysis: {names}; pass calibration={widest} or more to analyse them.",
             stacklevel=2)
     unresolved = {g.index for g in too_wide}
     stats = collect(model, graph, batches, config.reading, labels=config.labels, seed=config.seed)

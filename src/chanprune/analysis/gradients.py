@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from .. import distributed
 from ..errors import AnalysisError
-from ..graph import ChannelGroup, PruningGraph, _NORM_TYPES
+from ..graph import ChannelGroup, PruningGraph
+from ..modes import eval_mode
 
 
 @dataclass
@@ -230,10 +231,8 @@ def collect_features(
             block.index_add_(1, root, values.index_select(1, idxs))
 
     handles = [m.register_forward_hook(hook) for m in by_module]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for x, _y in distributed.shard(batches)[1]:
                 model(x.to(device))
                 for gi, block in current.items():
@@ -242,6 +241,5 @@ def collect_features(
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     # every rank holds a block of the images: gathered in rank order, the rows are the single-process rows
     return {gi: distributed.all_gather_rows(torch.cat(r, 0)) for gi, r in rows.items() if r}

@@ -5,6 +5,7 @@ import torch
 
 from ..analysis.gradients import collect_features, collect_gate_gradients
 from ..graph import ChannelGroup
+from ..modes import eval_mode
 from .base import ScoreContext, register_criterion
 
 
@@ -12,12 +13,8 @@ def gate_statistics(ctx: ScoreContext):
     """Gate-gradient statistics of every group, computed once per context."""
     if "gate" not in ctx.cache:
         batches = ctx.require_batches("gradient-based")
-        was_training = ctx.model.training
-        ctx.model.eval()
-        try:
+        with eval_mode(ctx.model):
             ctx.cache["gate"] = collect_gate_gradients(ctx.model, ctx.graph, batches)
-        finally:
-            ctx.model.train(was_training)
     return ctx.cache["gate"]
 
 

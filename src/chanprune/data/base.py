@@ -496,7 +496,7 @@ class DataBundle:
         idx = self.calibration_indices(n, seed)
         return self.normalize(self.train.images[idx]), self.train.labels[idx].clone()
 
-    def example_input(self, batch: int = 1) -> torch.Tensor:
+    def example_inputs(self, batch: int = 1) -> torch.Tensor:
         """Zeros of shape (batch, C, H, W), float32."""
         return torch.zeros(batch, self.in_channels, *self.image_size, dtype=torch.float32)
 

@@ -9,7 +9,10 @@ import shutil
 import subprocess
 import tarfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # annotations only: numpy loads with the data
+    import numpy as np
 
 from chanprune.errors import DataError
 

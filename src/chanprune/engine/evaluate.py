@@ -11,6 +11,7 @@ from torch import nn
 from .. import distributed
 from ..device import model_device, resolve_device
 from ..errors import ConfigError
+from ..modes import preserve_mode
 
 __all__ = ["resolve_device", "evaluate", "recalibrate_bn", "is_bundle", "preserve_mode", "accum_dtype"]
 
@@ -23,17 +24,6 @@ def accum_dtype(dev: torch.device) -> torch.dtype:
 def is_bundle(obj: Any) -> bool:
     """True for a DataBundle-like object (has a callable ``loader``)."""
     return callable(getattr(obj, "loader", None))
-
-
-@contextlib.contextmanager
-def preserve_mode(model: nn.Module) -> Iterator[None]:
-    """Restore every module's ``training`` flag on exit (not just the root's)."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, flag in modes:
-            m.training = flag
 
 
 @contextlib.contextmanager

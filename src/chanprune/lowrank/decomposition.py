@@ -28,8 +28,10 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from ..calibration import trace_inputs
 from ..device import to_device
 from ..errors import ConfigError, ModelError, PruneError
+from ..modes import eval_mode
 from .modules import LowRank
 from .svd import _svd, check_rule, energy_kept, select_rank, singular_values, to_matrix
 
@@ -164,10 +166,8 @@ def _geometry(model: nn.Module, modules: dict[str, nn.Module], example_inputs: t
         def hook(_m, inputs, output, name=name):
             seen.setdefault(name, (tuple(inputs[0].shape), tuple(output.shape)))
         handles.append(m.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(example_inputs)
     except Exception as exc:
         raise ModelError(f"the model does not run on the example input of shape {tuple(example_inputs.shape)} "
@@ -175,7 +175,6 @@ def _geometry(model: nn.Module, modules: dict[str, nn.Module], example_inputs: t
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return seen
 
 
@@ -243,15 +242,6 @@ def _targets(model: nn.Module, config: DecomposeConfig) -> list[tuple[str, nn.Mo
     return targets
 
 
-def _example(model: nn.Module, data, example_inputs) -> torch.Tensor:
-    """The example input, on the model's device."""
-    if example_inputs is not None:
-        return to_device(example_inputs, model)
-    from ..calibration import example_input
-
-    return to_device(example_input(data, None), model)
-
-
 def plan_decomposition(model: nn.Module, config: DecomposeConfig | None = None, *, data=None,
                        example_inputs: torch.Tensor | None = None) -> tuple[list[LayerPlan], dict]:
     """Per-layer ranks and MACs, without changing the model; ``(plans, info)``.
@@ -260,7 +250,7 @@ def plan_decomposition(model: nn.Module, config: DecomposeConfig | None = None, 
     "macs_saved": predicted MAC saving}``.
     """
     config = config or DecomposeConfig()
-    example = _example(model, data, example_inputs)
+    example = to_device(trace_inputs(data, example_inputs), model)
     targets = _targets(model, config)
     if not targets:
         return [], {"threshold": config.threshold, "macs_saved": 0}
@@ -401,7 +391,7 @@ def decompose(model: nn.Module, config: DecomposeConfig | None = None, *, data=N
     from ..measurement import count_macs_params
 
     t0 = time.perf_counter()
-    example = _example(model, data, example_inputs)
+    example = to_device(trace_inputs(data, example_inputs), model)
     plans, info = plan_decomposition(model, config, example_inputs=example)
     out = copy.deepcopy(model)
     for p in plans:
@@ -417,8 +407,8 @@ def decompose(model: nn.Module, config: DecomposeConfig | None = None, *, data=N
         "layers": [{k: v for k, v in asdict(p).items() if k != "spectrum"} for p in plans],
         "decomposed": sum(p.decompose for p in plans),
         "skipped": sum(not p.decompose for p in plans),
-        "macs": {"before": macs0, "after": macs1, "ratio": macs1 / macs0 if macs0 else float("nan")},
-        "params": {"before": params0, "after": params1, "ratio": params1 / params0 if params0 else float("nan")},
+        "macs": {"before": macs0, "after": macs1, "kept": macs1 / macs0 if macs0 else float("nan")},
+        "params": {"before": params0, "after": params1, "kept": params1 / params0 if params0 else float("nan")},
         "seconds": time.perf_counter() - t0,
     }
     if config.target_macs is not None:

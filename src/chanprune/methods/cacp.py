@@ -47,7 +47,7 @@ from ..cost import CostModel
 from ..criteria import CRITERIA, get_criterion
 from ..data.base import _stratified_indices
 from ..errors import ConfigError, LoadError, PruneError
-from ..graph import PruningGraph, lowest
+from ..graph import PruningGraph
 from ..recovery import compensate_model, consumer_moments
 from ..recovery.stats import call_order
 from ..search.ddpg import DDPG, Actor
@@ -395,7 +395,7 @@ def train_agent(env: Episodes, config: CACPConfig, rates: Sequence[float], *, co
         if key not in best or acc > best[key]["accuracy"]:
             best[key] = {"keep": ro.keep, "accuracy": acc, "reward": reward, "episode": e}
         entry = {"episode": e, "rate": rate, "accuracy": acc, "reward": reward,
-                 "macs_ratio": env.table.cost.ratio(ro.keep), "seconds": time.perf_counter() - t0}
+                 "macs_kept": env.table.cost.kept(ro.keep), "seconds": time.perf_counter() - t0}
         log.append(entry)
         if progress is not None:
             progress(entry)
@@ -552,7 +552,7 @@ class CACPFamily(Mapping):
             scores = [score(g, session.scores) for g in session.graph.groups]
             session.notes["cacp"] = {
                 "rate": rate, "source": source, "conditional": cfg.conditional, "keep": keep,
-                "actions": ro.actions if ro else None, "predicted_macs_ratio": table.cost.ratio(keep),
+                "actions": ro.actions if ro else None, "predicted_macs_kept": table.cost.kept(keep),
                 "search_seconds": self.policy.seconds,
             }
             plan = session.remove_lowest(scores, keep)

@@ -385,7 +385,7 @@ def _stepwise_search(session, cfg, cands, rankings, moments):
         hi = {gi: lo.get(gi, 0) + 1 for gi in grids}
         widths, _ = _binary_widths(session, cands, _curves(rankings), lo, hi, cfg.delta)
         widths = _no_revival(widths, keep)
-        reach = session.cost.ratio(widths(1.0), kind)
+        reach = session.cost.kept(widths(1.0), kind)
         final = r >= cfg.rounds
         if final and reach <= value * (1 + cfg.tolerance):
             return session.allocate(widths), rankings, r

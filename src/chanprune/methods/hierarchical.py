@@ -49,6 +49,12 @@ class HierarchicalConfig(PruneConfig):
             raise ConfigError(f"selector must be 'pivoted_cholesky' or 'l1', not {self.selector!r}.")
         if isinstance(self.analysis, dict):
             self.analysis = AnalysisConfig(**self.analysis)
+        # the analysis reads the calibration images the pruning draws: one number, this config's calibration
+        default = AnalysisConfig.__dataclass_fields__["calibration"].default
+        if self.analysis.calibration not in (default, self.calibration):
+            raise ConfigError(f"HierarchicalConfig analyses the calibration images it prunes with; pass "
+                              f"calibration={self.analysis.calibration} to HierarchicalConfig, not to its AnalysisConfig.")
+        self.analysis = replace(self.analysis, calibration=self.calibration)
         if not isinstance(self.iterate, int) or self.iterate < 1:
             raise ConfigError(f"iterate must be a positive number of steps, not {self.iterate!r}.")
         if self.iterate > 1 and self.target is None:
@@ -142,8 +148,7 @@ def _greedy(session, floor, residuals, exceed: bool):
 
 def hierarchical_planner(session: PruneSession) -> dict[int, list[int]]:
     cfg: HierarchicalConfig = session.config
-    result = analyze(session.work, session.batches, cfg.analysis, example_inputs=session.example_inputs, graph=session.graph,
-                     samples_knob="calibration")
+    result = analyze(session.work, session.batches, cfg.analysis, example_inputs=session.example_inputs, graph=session.graph)
     floor = result.effective
     target = cfg.target
     if target is not None:
@@ -197,7 +202,7 @@ def prune_hierarchical(model, config: HierarchicalConfig, data=None, example_inp
         nxt = run_pipeline(current, step_cfg, data, example_inputs, hierarchical_planner)
         record = nxt.chanprune_history[-1]
         record["step"] = {"index": step, "of": config.iterate, "goal": goal}
-        reached *= record[kind]["ratio"]
+        reached *= record[kind]["kept"]
         current = nxt
         if all(g["kept"] == g["channels"] for g in record["groups"]) and record["analysis"]["max_compression_" + kind] <= 1e-9:
             record["step"]["stopped"] = "no redundancy left"

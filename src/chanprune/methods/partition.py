@@ -37,9 +37,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..calibration import as_batches, example_input
+from ..calibration import as_batches, trace_inputs
 from ..config import PruneConfig
-from ..cost import count
+from ..cost import count_macs_params
 from ..errors import ConfigError, VerificationError
 from ..partition import assignment as assign
 from ..partition.modules import BlockLinear, GroupedConv2d
@@ -360,9 +360,9 @@ def partition(model: nn.Module, config: PartitionConfig, data=None, *, example_i
         raise ConfigError(f"partition() takes a PartitionConfig, not {type(config).__name__}.")
     t0 = time.perf_counter()
     batches = as_batches(data, config.calibration, config.batch_size, config.seed)
-    if example_inputs is None and batches and not hasattr(data, "example_input"):
+    if example_inputs is None and batches and not hasattr(data, "example_inputs"):
         example_inputs = batches[0][0][:1]
-    example = example_input(data, example_inputs)
+    example = trace_inputs(data, example_inputs)
     if config.recover in ("compensate", "compensate+bn") and not batches:
         raise ConfigError("recover='compensate' refits each block from calibration statistics; pass data=a DataBundle "
                           "or (images, labels).")
@@ -411,8 +411,8 @@ def partition(model: nn.Module, config: PartitionConfig, data=None, *, example_i
         else:
             recalibrate_bn(pruned, data, num_batches=config.recover_batches, batch_size=config.batch_size)
     pruned.eval()
-    macs0, params0 = count(original, example)
-    macs1, params1 = count(pruned, example)
+    macs0, params0 = count_macs_params(original, example)
+    macs1, params1 = count_macs_params(pruned, example)
     nonzeros = sum(m.nonzeros() for m in pruned.modules() if isinstance(m, BlockLinear) and m.masked)
     masked_dense = sum(m.blocks[i].weight.numel() for m in pruned.modules() if isinstance(m, BlockLinear) and m.masked
                        for i in range(len(m.blocks)))

@@ -4,7 +4,7 @@ A *planner* receives a :class:`PruneSession` (a working copy of the model, its c
 model and the calibration batches) and returns which root indices each group loses. :func:`run_pipeline`
 does what every such method shares around it: surgery on a copy, verification against the masked
 original, the method's own post-surgery steps (CP's and CaP's consumer refits), the configured recovery,
-and the record (MACs, params, kept fractions, timings) attached to the pruned model.
+and the record (MACs and params before/after and the fraction kept, timings) attached to the pruned model.
 :func:`register_planner` registers a planner as the handler of a config type.
 """
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch.nn as nn
 from .. import allocation as alloc
 from .. import distributed
 from .. import surgery
-from ..calibration import calibration_batches, example_input
+from ..calibration import calibration_batches, trace_inputs
 from ..config import PruneConfig
-from ..cost import CostModel, count
+from ..cost import CostModel, count_macs_params
 from ..criteria import ScoreContext
 from ..errors import ConfigError, VerificationError
 from ..graph import PruningGraph, lowest
@@ -40,7 +40,7 @@ class PruneSession:
         self.original = model
         self.config = config
         self.data = data
-        self.example_inputs = example_input(data, example_inputs)
+        self.example_inputs = trace_inputs(data, example_inputs)
         self.batches, self.calibration = calibration_batches(data, config.calibration, config.batch_size, config.seed)
         self.work = copy.deepcopy(model).eval()
         self.graph = PruningGraph(self.work, self.example_inputs, ignored_layers=config.ignored_layers)
@@ -107,7 +107,7 @@ def run_pipeline(model: nn.Module, config: PruneConfig, data, example_inputs: to
         RecoveryContext(model, pruned, session.graph, report.removed, session.batches, data, config)))
     distributed.broadcast_module_(pruned)  # every rank holds rank 0's pruned weights, bit for bit
     pruned.eval()
-    macs1, params1 = count(pruned, session.example_inputs)
+    macs1, params1 = count_macs_params(pruned, session.example_inputs)
     record = {
         "method": config.method,
         "config": config.to_dict(),
@@ -115,8 +115,8 @@ def run_pipeline(model: nn.Module, config: PruneConfig, data, example_inputs: to
             {"name": g.name, "channels": g.channels, "kept": g.channels - len(plan.get(g.index, []))}
             for g in session.graph.groups
         ],
-        "macs": {"before": macs0, "after": macs1, "ratio": macs1 / macs0},
-        "params": {"before": params0, "after": params1, "ratio": params1 / params0},
+        "macs": {"before": macs0, "after": macs1, "kept": macs1 / macs0},
+        "params": {"before": params0, "after": params1, "kept": params1 / params0},
         "target": list(config.target) if config.target else None,
         "data": getattr(data, "name", None),
         "input_shape": list(session.example_inputs.shape[1:]),
@@ -131,7 +131,7 @@ def run_pipeline(model: nn.Module, config: PruneConfig, data, example_inputs: to
     target = config.target
     if target is not None:
         kind, value = target
-        achieved = record[kind]["ratio"]
+        achieved = record[kind]["kept"]
         if abs(achieved - value) > config.tolerance * value and session.search_result is not None:
             record["warning"] = (
                 f"landed at {achieved:.2%} of the {kind}, not within {config.tolerance:.0%} of {value:.0%}: "

@@ -185,7 +185,7 @@ def ucp(model: nn.Module, config: UCPConfig, data=None, example_inputs: torch.Te
     if not hasattr(data, "loader"):
         raise ConfigError("UCP trains with MSEBs and retrains the pruned network; pass data=a DataBundle (chanprune.load_data).")
     if example_inputs is None:
-        example_inputs = data.example_input(1)
+        example_inputs = data.example_inputs(1)
     work = copy.deepcopy(model)
     if config.mseb_init == "scratch":
         _reinitialise(work)
