@@ -17,31 +17,42 @@ from .errors import PruneError
 from .graph import resolve_round_to
 
 WidthsFn = Callable[[float], list[int]]
+RoundTo = int | Sequence[int] | None  # one multiple for every group, or one per group (PruningGraph.steps)
 
 
-def uniform(channels: Sequence[int], round_to: int | None = None, floor: Sequence[int] | None = None) -> WidthsFn:
-    """n'_l(t) = n_l − round(t·(n_l − floor_l)); floor_l = 1 unless given (hierarchical uses k_l)."""
+def per_group(round_to: RoundTo, groups: int) -> list[int | None]:
+    """``round_to`` as one entry per group."""
+    if round_to is None or isinstance(round_to, int):
+        return [round_to] * groups
+    return list(round_to)
+
+
+def uniform(channels: Sequence[int], round_to: RoundTo = None, floor: Sequence[int] | None = None) -> WidthsFn:
+    """n'_l(t) = n_l − round(t·(n_l − floor_l)); floor_l = 1 unless given (hierarchical uses k_l), then rounded
+    up to a multiple of round_to_l."""
     lows = [1] * len(channels) if floor is None else [max(1, f) for f in floor]
+    steps = per_group(round_to, len(channels))
 
     def widths(t: float) -> list[int]:
         return [
-            max(low, resolve_round_to(n - round(t * (n - low)), n, round_to)) for n, low in zip(channels, lows)
+            resolve_round_to(max(low, n - round(t * (n - low))), n, step) for n, low, step in zip(channels, lows, steps)
         ]
 
     return widths
 
 
-def global_ranking(scores: Sequence[torch.Tensor], round_to: int | None = None, min_keep: int = 1) -> WidthsFn:
+def global_ranking(scores: Sequence[torch.Tensor], round_to: RoundTo = None, min_keep: int = 1) -> WidthsFn:
     """Remove the globally lowest fraction t of all channels, scores normalised by each group's mean."""
     normed = [s.double() / s.double().abs().mean().clamp_min(1e-12) for s in scores]
     flat = torch.sort(torch.cat(normed)).values
+    steps = per_group(round_to, len(scores))
 
     def widths(t: float) -> list[int]:
         if t <= 0:
             return [len(s) for s in normed]
         cut = flat[min(len(flat) - 1, max(0, int(math.floor(t * len(flat))) - 1))]
         return [
-            resolve_round_to(max(min_keep, int((s > cut).sum())), len(s), round_to) for s in normed
+            resolve_round_to(max(min_keep, int((s > cut).sum())), len(s), step) for s, step in zip(normed, steps)
         ]
 
     return widths
@@ -67,9 +78,11 @@ def search(
     kind: str = "macs",
     tolerance: float = 0.01,
     iterations: int = 40,
+    steps: Sequence[int] | None = None,
 ) -> SearchResult:
     """Bisect the knob t so that cost(widths(t)) / cost(dense) ≈ target (relative ``tolerance``).
 
+    ``steps``: per group, the multiple a kept count must stay (the final nudge adds that many channels).
     Raises :class:`PruneError` when even t = 1 keeps more than the target allows.
     """
     lo, hi = 0.0, 1.0
@@ -89,7 +102,7 @@ def search(
         else:
             hi = mid
     keep = widths(hi)
-    keep = nudge(keep, cost, target, kind, tolerance)
+    keep = nudge(keep, cost, target, kind, tolerance, step=(lambda g, k: k + steps[g]) if steps else None)
     return SearchResult(keep, hi, cost.kept(keep, kind), target, kind)
 
 

@@ -20,6 +20,7 @@ and where a per-channel constant added to a layer's output ends up (:meth:`Pruni
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
@@ -68,6 +69,18 @@ class ChannelGroup:
     root: nn.Module
     channels: int                  # n_l: number of root indices
     members: list[Member] = field(default_factory=list)
+    # Root indices that must go together (:func:`tied_classes`): None when every channel stands alone;
+    # an empty list when the group cannot lose channels safely at all
+    classes: list[list[int]] | None = None
+    # what is wrong with Torch-Pruning's mapping of this group (it then keeps all its channels), else None
+    garbled: str | None = None
+
+    @property
+    def step(self) -> int:
+        """Kept counts must be multiples of this: the size of a tied class (the group's width if it cannot be pruned)."""
+        if self.classes is None:
+            return 1
+        return len(self.classes[0]) if self.classes else self.channels
 
     @property
     def producers(self) -> list[Member]:
@@ -124,6 +137,85 @@ class Node:
 def is_residual(group: ChannelGroup) -> bool:
     """:attr:`ChannelGroup.is_residual` as a function (for filters and sorts)."""
     return group.is_residual
+
+
+def channel_axis(module: nn.Module) -> int:
+    """The axis of a layer's input and output tensors that holds its channels.
+
+    Linear and LayerNorm act on the trailing axis (a channels-last block, N·H·W·C, as in ConvNeXt; for
+    the usual N·C input of a classifier it is axis 1 as well); convolutions and BatchNorm/GroupNorm
+    read and write channels on axis 1.
+    """
+    return -1 if isinstance(module, (nn.Linear, nn.LayerNorm)) else 1
+
+
+def layer_channels(module: nn.Module, role: str) -> int | None:
+    """How many output (``role="out"``) or input (``"in"``) channels a layer has; None for other module types."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        return int(module.out_channels if role == "out" else module.in_channels)
+    if isinstance(module, nn.Linear):
+        return int(module.out_features if role == "out" else module.in_features)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return int(module.num_features)
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+        return int(module.normalized_shape[0])
+    return None
+
+
+def is_grouped_conv(module: nn.Module) -> bool:
+    """A convolution with 1 < groups, other than a depthwise one (groups = in = out channels)."""
+    return (isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
+            and module.groups > 1 and not (module.groups == module.in_channels == module.out_channels))
+
+
+def tied_classes(group: ChannelGroup) -> list[list[int]] | None:
+    """Classes of root indices a grouped convolution of ``group`` forces to be removed together.
+
+    A conv with G groups (not depthwise) reads and writes its channels in G equal slices, and its weight
+    keeps one slice's worth of input columns: Torch-Pruning slices them correctly only when the same
+    positions go from every slice (and the slices stay equal). So the root indices at position p of every
+    slice form a class; with several grouped members the classes are joined (union-find). Returns None
+    when no member is a grouped conv, the classes (equal sizes, sorted) when they are consistent, and []
+    when the group cannot lose channels safely: a member covers only part of a grouped conv's channels
+    (a concatenation into it ties this group to another one), a grouped transposed conv (Torch-Pruning
+    slices its weight on the wrong axis), or classes of unequal size.
+    """
+    parent = list(range(group.channels))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    found = False
+    for member in group.members:
+        module = member.module
+        if not is_grouped_conv(module):
+            continue
+        found = True
+        if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            return []
+        size = module.in_channels if member.role == "in" else module.out_channels
+        if sorted(set(member.idxs)) != list(range(size)):
+            return []
+        width = size // module.groups
+        first: dict[int, int] = {}
+        for i, r in zip(member.idxs, member.root_idxs):
+            p = i % width
+            if p in first:
+                a, b = find(first[p]), find(int(r))
+                if a != b:
+                    parent[b] = a
+            else:
+                first[p] = int(r)
+    if not found:
+        return None
+    classes: dict[int, list[int]] = {}
+    for r in range(group.channels):
+        classes.setdefault(find(r), []).append(r)
+    out = sorted(classes.values())
+    return out if len({len(c) for c in out}) == 1 else []
 
 
 def default_ignored(model: nn.Module) -> list[nn.Module]:
@@ -212,6 +304,15 @@ class PruningGraph:
             group.members.append(
                 Member(self.names[module], module, list(item.idxs), list(item.root_idxs), role)
             )
+        group.classes = tied_classes(group)
+        for member in group.members:  # a mapping onto channels a layer does not have (a wrong trace): keep it whole
+            n = layer_channels(member.module, member.role)
+            if n is not None and any(not 0 <= i < n for i in member.idxs):
+                group.garbled = group.garbled or f"to channels of layer {member.name!r} that do not exist (it has {n})"
+                pairs = [(i, r) for i, r in zip(member.idxs, member.root_idxs) if 0 <= i < n]
+                member.idxs, member.root_idxs = [i for i, _ in pairs], [r for _, r in pairs]
+        if group.garbled:
+            group.classes = []
         return group
 
     def __len__(self) -> int:
@@ -332,6 +433,10 @@ class PruningGraph:
                     out.append((member.module, member.name))
         return out
 
+    def steps(self, round_to: int | None = None) -> list[int]:
+        """Per group, the multiple its kept count must be: lcm(``round_to``, the tied-class size)."""
+        return [math.lcm(round_to or 1, g.step) for g in self.groups]
+
     def remove(self, plan: Mapping[int, Sequence[int]]) -> None:
         """Physically remove root indices ``plan[g]`` from each group ``g`` (in place, via Torch-Pruning).
 
@@ -364,9 +469,19 @@ def resolve_round_to(keep: int, channels: int, round_to: int | None) -> int:
     return keep
 
 
-def lowest(scores: torch.Tensor, count: int) -> list[int]:
-    """Indices of the ``count`` lowest scores (ties broken by index, deterministic)."""
+def lowest(scores: torch.Tensor, count: int, classes: Sequence[Sequence[int]] | None = None) -> list[int]:
+    """Indices of the ``count`` lowest scores (ties broken by index, deterministic).
+
+    With tied ``classes`` (:func:`tied_classes`, equal sizes) whole classes go, lowest summed score first:
+    count/|class| of them (``count`` is a multiple of the class size where the allocation respected it).
+    """
     if count <= 0:
         return []
-    order = torch.argsort(scores.detach().double().cpu(), stable=True)
+    scores = scores.detach().double().cpu()
+    if classes:
+        size = len(classes[0])
+        index = torch.as_tensor(classes, dtype=torch.long)
+        order = torch.argsort(scores[index].sum(1), stable=True)
+        return sorted(int(r) for c in order[: count // size].tolist() for r in classes[c])
+    order = torch.argsort(scores, stable=True)
     return sorted(order[:count].tolist())

@@ -39,10 +39,11 @@ from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .device import model_device
 from .errors import ChanpruneError, ConfigError, ModelError, PruneError, VerificationError
-from .graph import PruningGraph
+from .graph import PruningGraph, channel_axis
 from .modes import eval_mode
 
 TOLERANCE = 1e-5  # relative error allowed between the pruned model and the masked original
@@ -82,22 +83,41 @@ def mask_sites(graph: PruningGraph, plan: Mapping[int, Sequence[int]]) -> dict[s
     return {name: sorted(c) for name, c in zero.items() if c}
 
 
+def _removed_output(module: nn.Module, inputs, output: torch.Tensor, index: torch.Tensor, axis: int) -> torch.Tensor:
+    """``module``'s output as if its channels ``index`` had been removed, written back with zeros there.
+
+    Zeroing the output is exact for every layer that treats channels independently. A LayerNorm over the
+    channels is not one of them: its mean and variance run over the channels it has, so the layer is
+    recomputed on the kept channels only — what the pruned LayerNorm computes.
+    """
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+        x = inputs[0]
+        keep = torch.ones(x.shape[-1], dtype=torch.bool, device=x.device)
+        keep[index] = False
+        keep = torch.nonzero(keep).flatten()
+        weight = module.weight.index_select(0, keep) if module.weight is not None else None
+        bias = module.bias.index_select(0, keep) if module.bias is not None else None
+        y = F.layer_norm(x.index_select(-1, keep), (len(keep),), weight, bias, module.eps)
+        return torch.zeros_like(output).index_copy(-1, keep, y.to(output.dtype))
+    return output.index_fill(axis, index, 0.0)
+
+
 def mask_hooks(model: nn.Module, sites: Mapping[str, Sequence[int]]):
     """Register forward hooks that zero ``sites[name]`` output channels; returns the handles."""
     modules = dict(model.named_modules())
 
-    def make(channels):
+    def make(channels, axis):
         index = torch.as_tensor(channels, dtype=torch.long)
 
-        def hook(_module, _inputs, output):
+        def hook(module, inputs, output):
             nonlocal index
             if index.device != output.device:
                 index = index.to(output.device)
-            return output.index_fill(1, index, 0.0)
+            return _removed_output(module, inputs, output, index, axis)
 
         return hook
 
-    return [modules[name].register_forward_hook(make(c)) for name, c in sites.items()]
+    return [modules[name].register_forward_hook(make(c, channel_axis(modules[name]))) for name, c in sites.items()]
 
 
 _FRESH_OUTPUT = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm)
@@ -107,21 +127,21 @@ def _witness_hooks(modules: Mapping[str, nn.Module], sites: Mapping[str, Sequenc
     """:func:`mask_hooks` for the no-grad witness: convs, Linears and BatchNorms return a fresh tensor, so their
     output is zeroed in place (one op, no copy); other module types get a zeroed copy."""
 
-    def make(channels, inplace):
+    def make(channels, inplace, axis):
         index = torch.as_tensor(channels, dtype=torch.long)
 
-        def hook(_module, _inputs, output):
+        def hook(module, inputs, output):
             nonlocal index
             if index.device != output.device:
                 index = index.to(output.device)
             if inplace:
-                output.index_fill_(1, index, 0.0)
+                output.index_fill_(axis, index, 0.0)
                 return None
-            return output.index_fill(1, index, 0.0)
+            return _removed_output(module, inputs, output, index, axis)
 
         return hook
 
-    return [modules[name].register_forward_hook(make(c, isinstance(modules[name], _FRESH_OUTPUT)))
+    return [modules[name].register_forward_hook(make(c, isinstance(modules[name], _FRESH_OUTPUT), channel_axis(modules[name])))
             for name, c in sites.items()]
 
 
@@ -269,11 +289,14 @@ def _compare(original: nn.Module, pruned: nn.Module, probe: torch.Tensor, dtype:
         for w, p in zip(w_outs, p_outs):
             if w.shape != p.shape:  # this consumer lost output channels too: compare the ones it kept
                 gone = set(sites.get(name, ()))
-                keep = [c for c in range(w.shape[1]) if c not in gone] if w.dim() > 1 else []
-                if len(keep) != p.shape[1] or w.shape[2:] != p.shape[2:] or w.shape[0] != p.shape[0]:
+                axis = channel_axis(modules[name]) % w.dim() if w.dim() > 1 else 0
+                keep = [c for c in range(w.shape[axis]) if c not in gone] if w.dim() > 1 else []
+                others = [d for d in range(w.dim()) if d != axis]
+                if (p.dim() != w.dim() or len(keep) != p.shape[axis]
+                        or any(w.shape[d] != p.shape[d] for d in others)):
                     add(name, None, None)
                     continue
-                w = w.index_select(1, torch.as_tensor(keep, device=w.device))
+                w = w.index_select(axis, torch.as_tensor(keep, device=w.device))
             add(name, p, w)
     if got.shape == expected.shape:
         add("the model output", got, expected)
@@ -302,6 +325,8 @@ def _check_mapping(graph: PruningGraph, plan: Mapping[int, Sequence[int]]) -> No
     claimed: dict[str, tuple[int, set[int]]] = {}
     for gi in plan:
         group = graph.groups[gi]
+        if group.garbled:
+            raise VerificationError(f"the graph library maps group {group.name!r} {group.garbled}; {_FIX}.")
         for member in group.members:
             if member.role != "out":
                 continue

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .. import distributed
 from ..errors import AnalysisError
-from ..graph import ChannelGroup, PruningGraph
+from ..graph import ChannelGroup, PruningGraph, channel_axis
 from ..modes import eval_mode
 
 
@@ -116,8 +116,9 @@ def activation_gradients_only(model: nn.Module):
             p.requires_grad_(True)
 
 
-def _per_channel(x: torch.Tensor) -> torch.Tensor:
-    """Sum over every dimension except batch (0) and channel (1)."""
+def _per_channel(x: torch.Tensor, axis: int = 1) -> torch.Tensor:
+    """Sum over every dimension except batch (0) and the channel ``axis`` (1, or -1 for channels-last layers)."""
+    x = x.movedim(axis, 1) if x.dim() > 2 else x
     return x.sum(dim=tuple(range(2, x.dim()))) if x.dim() > 2 else x
 
 
@@ -167,7 +168,7 @@ def collect_gate_gradients(
         saved = output.detach()
 
         def grad_hook(grad, saved=saved, module=module):
-            contrib = _per_channel(saved * grad)  # B × C_module
+            contrib = _per_channel(saved * grad, channel_axis(module))  # B × C_module
             for gi, idxs, root in by_module[module]:
                 block = blocks.setdefault(gi, torch.zeros(contrib.shape[0], graph.groups[gi].channels, device=device, dtype=contrib.dtype))
                 block.index_add_(1, root, contrib.index_select(1, idxs))
@@ -225,7 +226,8 @@ def collect_features(
     current: dict[int, torch.Tensor] = {}
 
     def hook(module, _inputs, output):
-        values = reduce(output.detach()).double()
+        out = output.detach()
+        values = reduce(out.movedim(channel_axis(module), 1) if out.dim() > 2 else out).double()
         for gi, idxs, root in by_module[module]:
             block = current.setdefault(gi, torch.zeros(values.shape[0], graph.groups[gi].channels, dtype=torch.float64, device=device))
             block.index_add_(1, root, values.index_select(1, idxs))

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import AnalysisError
-from ..graph import PruningGraph
+from ..graph import PruningGraph, channel_axis
 from .. import distributed
 from .gradients import GramStats, activation_gradients_only, all_reduce_stats, batch_generator, collect_gate_gradients
 
@@ -30,8 +30,10 @@ READINGS = ("gate", "consumer_weight", "producer_weight", "feature")
 
 def _per_sample_weight_grad(module: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     """∂ℓ_i/∂W for every sample i: B × out × in × k² (Linear: k² = 1). Dense or depthwise convs only."""
-    if isinstance(module, nn.Linear) and inp.dim() == 2:
-        return torch.einsum("bo,bi->boi", grad_out, inp).unsqueeze(-1)
+    if isinstance(module, nn.Linear):  # N × … × features: a channels-last Linear sums over the positions
+        b = inp.shape[0]
+        return torch.einsum("bpo,bpi->boi", grad_out.reshape(b, -1, grad_out.shape[-1]),
+                            inp.reshape(b, -1, inp.shape[-1])).unsqueeze(-1)
     if not isinstance(module, nn.Conv2d):
         raise AnalysisError(f"per-sample weight gradients are implemented for Conv2d and Linear, not {type(module).__name__}.")
     k2 = module.kernel_size[0] * module.kernel_size[1]
@@ -164,6 +166,8 @@ def collect_feature_gram(
 
     def hook(module, inputs):
         x = inputs[0].detach().double()
+        if x.dim() > 2:  # channels on axis 1, positions after it (a channels-last Linear reads the last axis)
+            x = x.movedim(channel_axis(module), 1)
         for gi, member in by_module[module]:
             n = graph.groups[gi].channels
             idxs = torch.as_tensor(member.idxs, device=device)

@@ -49,7 +49,7 @@ from ..data.base import _stratified_indices
 from ..errors import ConfigError, LoadError, PruneError
 from ..graph import PruningGraph
 from ..recovery import compensate_model, consumer_moments
-from ..recovery.stats import call_order
+from ..recovery.stats import call_order, supported
 from ..search.ddpg import DDPG, Actor
 from ..surgery import apply_plan
 from .pipeline import PruneSession, run_pipeline
@@ -301,7 +301,7 @@ def validation_set(bundle, calibration: int, n: int, seed: int) -> tuple[torch.T
 
 def refit_moments(model: nn.Module, session: PruneSession) -> dict:
     """Input moments of every consumer of every group of ``model``, from the session's calibration batches."""
-    names = sorted({m.name for g in session.graph.groups for m in g.consumers})
+    names = sorted({m.name for g in session.graph.groups for m in g.consumers if supported(m.module)})  # grouped convs are not refit
     return consumer_moments(model, names, session.batches)
 
 

@@ -38,10 +38,10 @@ from .. import allocation as alloc
 from ..config import PruneConfig
 from ..errors import ConfigError
 from ..graph import resolve_round_to
-from ..recovery.compensation import clean_cov, apply_compensation, compensate_model, ridge_scale
+from ..recovery.compensation import clean_cov, apply_compensation, compensate_model, refit_skip_reason, ridge_scale
 from ..recovery.stats import Moments, columns, consumer_moments, supported, weight_matrix
 from ..surgery import mask_hooks, mask_sites
-from .pipeline import PruneSession, register_planner
+from .pipeline import PruneSession, listing, register_planner
 
 
 @dataclass
@@ -275,11 +275,14 @@ def candidates(session: PruneSession, residual: bool) -> list:
     """Groups CaP may prune: every consumer has an im2col view; residual groups only if asked."""
     out = []
     for g in session.graph.groups:
-        if not g.consumers or not all(supported(c.module) for c in g.consumers):
-            continue
-        if g.is_residual and not residual:
-            continue
-        out.append(g)
+        why = refit_skip_reason(g, residual)
+        if why is None:
+            out.append(g)
+        else:  # no im2col view of a consumer, channels tied by a grouped conv (the ranking is per channel), residual
+            session.unpruned[g.name] = why
+    residual_left = any(w == "a residual stream" for w in session.unpruned.values())
+    session.remedy = ("pass residual=True to prune residual streams too" if residual_left
+                      else "use a method that prunes these groups too (HierarchicalConfig, L1Config)")
     return out
 
 
@@ -319,7 +322,7 @@ def _binary_widths(session, cands, curves, lo, hi, delta):
     k shrinks, the kept counts — and so the cost — fall monotonically with t, as ``alloc.search`` needs.
     """
     channels = session.channels
-    round_to = session.config.round_to
+    steps = session.steps
     grids = {g.index: _grid(g.channels, delta) for g in cands}
     errs = {gi: [float(curves[gi][k]) for k in grids[gi]] for gi in grids}
     theta_max = max((max(e) for e in errs.values()), default=1.0) or 1.0
@@ -335,7 +338,7 @@ def _binary_widths(session, cands, curves, lo, hi, delta):
                     choice = i
                 else:
                     break
-            keep[gi] = resolve_round_to(grid[choice], channels[gi], round_to)
+            keep[gi] = resolve_round_to(grid[choice], channels[gi], steps[gi])
         return keep
 
     return widths, grids
@@ -412,12 +415,12 @@ def cap_planner(session: PruneSession) -> dict[int, list[int]]:
         raise ConfigError("CaP needs calibration images; pass data=a DataBundle or (images, labels).")
     cands = candidates(session, cfg.residual)
     if not cands:
-        raise ConfigError("CaP found no group whose consumers it can refit (Linear or dense convs); try another method.")
+        raise ConfigError(f"CaP can prune none of this model's groups ({listing(session.unpruned)}); {session.remedy}.")
     channels = session.channels
     rankings, original_moments = _rank_all(session, cands, session.work, cfg, {})
     rounds = 1
     if cfg.allocation == "uniform":
-        keep = session.allocate(_only(alloc.uniform(channels, round_to=cfg.round_to), channels, rankings))
+        keep = session.allocate(_only(alloc.uniform(channels, round_to=session.steps), channels, rankings))
     elif cfg.target is None:
         widths, _ = _binary_widths(session, cands, _curves(rankings), {}, {}, cfg.delta)
         keep = _match_channels(widths, channels, float(cfg.ratio))

@@ -63,12 +63,12 @@ from .. import allocation as alloc
 from .. import distributed
 from ..config import PruneConfig
 from ..errors import ConfigError
-from ..recovery.compensation import Compensation, NormFolds, write_consumer
+from ..recovery.compensation import Compensation, NormFolds, refit_skip_reason, write_consumer
 from ..recovery.lasso import LassoStats, Selection, lasso_select
 from ..recovery.lstsq import lstsq_refit
 from ..recovery.stats import Replay, StopPass, call_order, columns, consumer_rows, gather_rows, supported, weight_matrix
 from ..surgery import mask_hooks, mask_sites
-from .pipeline import PruneSession, register_planner
+from .pipeline import PruneSession, listing, register_planner
 
 
 @dataclass
@@ -250,11 +250,18 @@ def corrected_target(y: torch.Tensor, s_orig: torch.Tensor, s_pruned: torch.Tens
 
 
 def eligible_groups(session: PruneSession) -> list:
-    """Groups CP prunes: non-residual, every consumer a Linear or a dense conv."""
-    return [
-        g for g in session.graph.groups
-        if g.consumers and all(supported(c.module) for c in g.consumers) and not g.is_residual
-    ]
+    """Groups CP prunes: non-residual, every consumer a Linear or a dense conv, not tied by a grouped conv
+    (its per-channel LASSO cannot keep the grouped conv's slices equal). The others are recorded with the
+    reason in ``session.unpruned``."""
+    out = []
+    for g in session.graph.groups:
+        why = refit_skip_reason(g)
+        if why is None:
+            out.append(g)
+        else:
+            session.unpruned[g.name] = why
+    session.remedy = "use a method that prunes these groups too (HierarchicalConfig, L1Config)"
+    return out
 
 
 def _inputs(module: torch.nn.Module) -> int:
@@ -300,10 +307,11 @@ def cp_planner(session: PruneSession) -> dict[int, list[int]]:
     graph = session.graph
     groups = eligible_groups(session)
     if not groups:
-        raise ConfigError("CP found no prunable group outside residual streams whose consumers it can refit.")
+        raise ConfigError(f"CP can prune none of this model's groups ({listing(session.unpruned)}); "
+                          "use a method without a consumer refit such as HierarchicalConfig or L1Config.")
     channels = session.channels
     chosen = {g.index for g in groups}
-    uniform = alloc.uniform(channels, round_to=cfg.round_to)
+    uniform = alloc.uniform(channels, round_to=session.steps)
     keep = session.allocate(lambda t: [k if gi in chosen else c for gi, (k, c) in enumerate(zip(uniform(t), channels))])
 
     calls, count = call_order(session.work, session.example_inputs)

@@ -16,7 +16,7 @@ def criterion_planner(session: PruneSession) -> dict[int, list[int]]:
     score = get_criterion(session.config.criterion)
     scores = [score(g, session.scores) for g in session.graph.groups]
     if session.config.allocation == "global":
-        widths = alloc.global_ranking(scores, round_to=session.config.round_to)
+        widths = alloc.global_ranking(scores, round_to=session.steps)
     else:
-        widths = alloc.uniform(session.channels, round_to=session.config.round_to)
+        widths = alloc.uniform(session.channels, round_to=session.steps)
     return session.remove_lowest(scores, session.allocate(widths))

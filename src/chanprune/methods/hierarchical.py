@@ -23,7 +23,7 @@ from ..config import PruneConfig
 from ..cost import COST_NAMES
 from ..criteria.magnitude import l1
 from ..errors import ConfigError, OverPruneError
-from ..graph import resolve_round_to
+from ..graph import lowest, resolve_round_to
 from .pipeline import PruneSession, run_pipeline
 from .registry import register_method
 
@@ -109,6 +109,7 @@ def _proportional(channels, floor, round_to, exceed: bool):
     """
     if not exceed:
         return alloc.uniform(channels, round_to=round_to, floor=floor)
+    steps = alloc.per_group(round_to, len(channels))
 
     def widths(t: float) -> list[int]:
         s = 2.0 * t
@@ -116,7 +117,7 @@ def _proportional(channels, floor, round_to, exceed: bool):
             raw = [n - s * (n - k) for n, k in zip(channels, floor)]
         else:
             raw = [k - (s - 1.0) * (k - 1) for k in floor]
-        return [max(1, resolve_round_to(max(1, round(w)), n, round_to)) for w, n in zip(raw, channels)]
+        return [max(1, resolve_round_to(max(1, round(w)), n, step)) for w, n, step in zip(raw, channels, steps)]
 
     return widths
 
@@ -141,7 +142,7 @@ def _greedy(session, floor, residuals, exceed: bool):
         keep = channels.copy()
         for _, gi, _pos in steps[: int(round(t * len(steps)))]:
             keep[gi] -= 1
-        return [resolve_round_to(k, n, session.config.round_to) for k, n in zip(keep, channels)]
+        return [resolve_round_to(k, n, step) for k, n, step in zip(keep, channels, session.steps)]
 
     return widths
 
@@ -169,7 +170,7 @@ def hierarchical_planner(session: PruneSession) -> dict[int, list[int]]:
     if cfg.allocation == "greedy":
         widths = _greedy(session, floor, residuals, cfg.allow_exceed)
     else:
-        widths = _proportional(session.channels, floor, cfg.round_to, cfg.allow_exceed)
+        widths = _proportional(session.channels, floor, session.steps, cfg.allow_exceed)
     keep = session.allocate(widths)
     session.notes["analysis"] = {
         "reading": cfg.analysis.reading, "rule": cfg.analysis.rule, "threshold": cfg.analysis.threshold,
@@ -180,7 +181,16 @@ def hierarchical_planner(session: PruneSession) -> dict[int, list[int]]:
     }
     if cfg.selector == "l1":
         return session.remove_lowest(tiebreaks, keep)
-    return {g.index: sorted(order[k:]) for g, order, k in zip(session.graph.groups, orders, keep)}
+    # a group tied by a grouped conv drops whole classes, the ones whose channels come last in the pivot order
+    return {g.index: lowest(-_positions(order), g.channels - k, g.classes) if g.classes else sorted(order[k:])
+            for g, order, k in zip(session.graph.groups, orders, keep)}
+
+
+def _positions(order: list[int]) -> torch.Tensor:
+    """Each channel's position in a pivot order."""
+    pos = torch.empty(len(order), dtype=torch.float64)
+    pos[torch.as_tensor(order, dtype=torch.long)] = torch.arange(len(order), dtype=torch.float64)
+    return pos
 
 
 @register_method(HierarchicalConfig)

@@ -21,9 +21,9 @@ from .. import distributed
 from .. import surgery
 from ..calibration import calibration_batches, trace_inputs
 from ..config import PruneConfig
-from ..cost import CostModel, count_macs_params
+from ..cost import COST_NAMES, CostModel, count_macs_params
 from ..criteria import ScoreContext
-from ..errors import ConfigError, VerificationError
+from ..errors import ConfigError, PruneError, VerificationError
 from ..graph import PruningGraph, lowest
 from ..recovery import RecoveryContext, get_recovery
 from .registry import Handler, register_method
@@ -49,12 +49,21 @@ class PruneSession:
         self.scores = ScoreContext(self.work, self.graph, self.batches, seed=config.seed)
         self.search_result: alloc.SearchResult | None = None
         self.notes: dict = {}
+        # groups the method leaves whole, with the reason, and the option that would prune more (named when a
+        # target is out of reach)
+        self.unpruned: dict[str, str] = {}
+        self.remedy = "ask for a larger target or allow more pruning"
         # fn(pruned) run right after the surgery (and its verification), e.g. CP's and CaP's consumer refits
         self.post_surgery: list[Callable[[nn.Module], None]] = []
 
     @property
     def channels(self) -> list[int]:
         return self.graph.widths()
+
+    @property
+    def steps(self) -> list[int]:
+        """Per group, the multiple its kept count must be: ``round_to`` and the grouped convs' tied classes."""
+        return self.graph.steps(self.config.round_to)
 
     def allocate(self, widths: alloc.WidthsFn) -> list[int]:
         """Kept channels per group: widths(ratio) for a plain ratio, else the knob searched for the target."""
@@ -64,7 +73,18 @@ class PruneSession:
         if target is None:
             return widths(float(self.config.ratio))
         kind, value = target
-        self.search_result = alloc.search(widths, self.cost, value, kind=kind, tolerance=self.config.tolerance)
+        try:
+            self.search_result = alloc.search(widths, self.cost, value, kind=kind, tolerance=self.config.tolerance,
+                                              steps=self.steps)
+        except PruneError:
+            if not self.unpruned:
+                raise
+            smallest = self.cost.kept(widths(1.0), kind)
+            raise PruneError(
+                f"the target of {value:.1%} of the {COST_NAMES[kind]} cannot be reached: {self.config.method} leaves "
+                f"{len(self.unpruned)} group(s) whole ({listing(self.unpruned)}), so its smallest model keeps {smallest:.1%}; "
+                f"ask for at least {smallest:.1%}, or {self.remedy}."
+            ) from None
         return self.search_result.keep
 
     def _allocate_latency_aware(self, widths: alloc.WidthsFn) -> list[int]:
@@ -75,10 +95,17 @@ class PruneSession:
         return keep
 
     def remove_lowest(self, scores: list[torch.Tensor], keep: list[int]) -> dict[int, list[int]]:
-        return {g.index: lowest(s, g.channels - k) for g, s, k in zip(self.graph.groups, scores, keep)}
+        return {g.index: lowest(s, g.channels - k, g.classes) for g, s, k in zip(self.graph.groups, scores, keep)}
 
     def probe(self) -> torch.Tensor | None:
         return self.batches[0][0][: surgery.PROBE_SIZE] if self.batches else None
+
+
+def listing(reasons: dict[str, str], most: int = 3) -> str:
+    """'a': why, 'b': why, and N more."""
+    items = [f"{name!r}: {why}" for name, why in list(reasons.items())[:most]]
+    more = len(reasons) - most
+    return ", ".join(items) + (f", and {more} more" if more > 0 else "")
 
 
 def run_pipeline(model: nn.Module, config: PruneConfig, data, example_inputs: torch.Tensor | None,
@@ -112,7 +139,8 @@ def run_pipeline(model: nn.Module, config: PruneConfig, data, example_inputs: to
         "method": config.method,
         "config": config.to_dict(),
         "groups": [
-            {"name": g.name, "channels": g.channels, "kept": g.channels - len(plan.get(g.index, []))}
+            {"name": g.name, "channels": g.channels, "kept": g.channels - len(plan.get(g.index, [])),
+             "removed": sorted(int(i) for i in plan.get(g.index, []))}
             for g in session.graph.groups
         ],
         "macs": {"before": macs0, "after": macs1, "kept": macs1 / macs0},
@@ -133,11 +161,19 @@ def run_pipeline(model: nn.Module, config: PruneConfig, data, example_inputs: to
         kind, value = target
         achieved = record[kind]["kept"]
         if abs(achieved - value) > config.tolerance * value and session.search_result is not None:
-            record["warning"] = (
-                f"landed at {achieved:.2%} of the {kind}, not within {config.tolerance:.0%} of {value:.0%}: "
-                "channel counts are too coarse for this model; try "
-                + ("round_to=None or " if config.round_to is not None else "") + "a nearby target."
-            )
+            if report.excluded:
+                names = [e["name"] for e in report.excluded]
+                record["warning"] = (
+                    f"landed at {achieved:.2%} of the {COST_NAMES[kind]}, not within {config.tolerance:.0%} of {value:.0%}: "
+                    f"the verified surgery excluded group(s) {', '.join(map(repr, names))}, which keep all their channels; "
+                    f"prune again with ignored_layers={names!r} so the other groups make up the target."
+                )
+            else:
+                record["warning"] = (
+                    f"landed at {achieved:.2%} of the {COST_NAMES[kind]}, not within {config.tolerance:.0%} of {value:.0%}: "
+                    "channel counts are too coarse for this model; try "
+                    + ("round_to=None or " if config.round_to is not None else "") + "a nearby target."
+                )
     history = list(getattr(model, "chanprune_history", []))
     history.append(record)
     pruned.chanprune_history = history

@@ -59,23 +59,44 @@ def ridge_scale(cov: torch.Tensor) -> float:
 
 
 def _chol(matrix: torch.Tensor, ridge: float, scale: float) -> torch.Tensor:
-    """Cholesky factor of matrix + λI, λ = ridge·scale; λ grows ×10 (up to 1e-1·scale) on failure.
+    """Cholesky factor of matrix + λI, λ = ridge·scale; λ grows ×10 (from 1e-12·scale when ridge = 0, up to
+    1e-1·scale) on failure.
 
     A rank-deficient covariance (fewer samples than coordinates, duplicate channels) can lose positive
     definiteness to rounding at a tiny ridge; the retry keeps the solve defined.
     """
     eye = torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+    scale = scale if scale > 0 else 1.0  # an all-constant input (dead units) has no variance to scale by
     lam = ridge
     while True:
         factor, info = torch.linalg.cholesky_ex(matrix + lam * scale * eye)
         if int(info) == 0:
             return factor
-        if ridge <= 0 or lam >= 1e-1:
+        lam = max(lam, 1e-13)  # ridge = 0 on a singular matrix: the smallest ridge that makes it solvable
+        if lam >= 1e-1:
             raise ConfigError(
                 "the covariance of the kept inputs is singular (duplicate or constant channels, or too few "
                 "calibration samples); pass ridge > 0 (e.g. ridge=1e-8) or more calibration images."
             )
         lam *= 10
+
+
+def refit_skip_reason(group, residual: bool = False) -> str | None:
+    """Why a consumer refit (CP, CaP) leaves ``group`` whole, or None when it can prune it."""
+    if not group.consumers:
+        return "no layer reads it"
+    odd = next((c.name for c in group.consumers if not supported(c.module)), None)
+    if odd is not None:
+        return f"read by {odd!r}, a grouped or depthwise conv without an im2col view"
+    if group.garbled:
+        return f"Torch-Pruning maps it {group.garbled}"
+    if group.classes == []:
+        return "it cannot lose channels safely (a grouped conv reads it together with other channels)"
+    if group.classes is not None:
+        return "its channels are tied across the slices of a grouped conv"
+    if group.is_residual and not residual:
+        return "a residual stream"
+    return None
 
 
 def _as_w(W: torch.Tensor) -> torch.Tensor:

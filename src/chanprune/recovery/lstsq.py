@@ -27,7 +27,8 @@ def lstsq_refit(
     ``keep_cols`` are the columns S of X the refit may use (in this order). Without ``fit_intercept``
     b′ = 0. ``ridge`` > 0 adds λ = ridge·tr(Σ̃)/D (Σ̃ the covariance of all D columns of X, the unit
     :func:`~chanprune.recovery.compensation.compensate` uses) to the normal equations; with ridge = 0
-    the minimum-norm least-squares solution is returned (rank-deficient X_S is fine).
+    the minimum-norm least-squares solution is returned; so it is where X is constant on every row (dead
+    units: λ = 0) or the regularised Gram matrix is still singular — rank-deficient statistics never fail.
     """
     X = torch.as_tensor(X).double()
     Y = torch.as_tensor(Y).double()
@@ -42,15 +43,19 @@ def lstsq_refit(
         xs, yc = xs - x_mean, Y - y_mean
     else:
         yc = Y
+    w = None
     if cols.numel() == 0:
         w = torch.zeros(Y.shape[1], 0, dtype=torch.float64, device=Y.device)
     elif ridge > 0:
         gram = xs.T @ xs / xs.shape[0]
         spread = X - X.mean(0) if fit_intercept else X
         lam = ridge * float((spread**2).mean())
-        gram = gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype)
-        w = torch.linalg.solve(gram, xs.T @ yc / xs.shape[0]).T
-    else:
+        if lam > 0:  # λ = 0 when every input is constant on the rows (dead units): nothing to regularise
+            gram = gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype)
+            solution, info = torch.linalg.solve_ex(gram, xs.T @ yc / xs.shape[0])
+            if int(info) == 0 and torch.isfinite(solution).all():
+                w = solution.T
+    if w is None:  # no ridge, or a Gram matrix that is singular even with it: the minimum-norm solution
         w = torch.linalg.lstsq(xs, yc, driver="gelsd").solution.T
     b = (y_mean - w @ x_mean) if fit_intercept else torch.zeros(Y.shape[1], dtype=torch.float64, device=Y.device)
     return w, b
