@@ -12,6 +12,8 @@ Sections are delimited by <!-- NAME:start --> / <!-- NAME:end --> markers:
   cacp       — bench/results/cacp_<model>.json (bench/cacp.py), plus bench/plots/cacp_<model>.png
   fresh      — bench/results/fresh_clone.json (bench/fresh_clone.py): the two set-up commands timed on a fresh clone
   deploy     — bench/results/deploy.json (bench/deploy.py): eager vs onnxruntime latency, planned vs auto-rounded widths
+  coverage   — bench/results/fuzz_methods.json (python -m bench.fuzz_surgery --methods), and the same run of the
+               code before issue 16's fixes in fuzz_methods_before.json when present
 A section whose sources are missing says so instead of showing numbers.
 """
 from __future__ import annotations
@@ -396,7 +398,67 @@ def partition_section() -> str:
     return readme_section(json.loads(path.read_text())).rstrip()
 
 
-SECTIONS = {"zoo": zoo_section, "effective": effective_section, "results": results_section,
+def _cell(c: dict | None) -> str:
+    if not c:
+        return "–"
+    n = sum(v for k, v in c.items() if k in ("verified", "refused", "crashed"))
+    text = f"{c.get('verified', 0)}/{n}"
+    return text + (f" ({c['crashed']} crashed)" if c.get("crashed") else "")
+
+
+def coverage_section() -> str:
+    path = RESULTS / "fuzz_methods.json"
+    if not path.exists():
+        return "_Not measured yet: `python -m bench.fuzz_surgery --methods`._"
+    r = json.loads(path.read_text())
+    before_path = RESULTS / "fuzz_methods_before.json"
+    before = json.loads(before_path.read_text()) if before_path.exists() else None
+    methods = list(r["per_method"])
+    lines = [f"`python -m bench.fuzz_surgery --methods --minutes {r['minutes_budget']:g}` drew **{r['architectures']:,} "
+             f"architectures** (seed {r['seed']}, up to {r['max_blocks']} blocks; {r['architectures_per_minute']:.1f} per minute "
+             f"with every method, {r['threads']} thread) and pruned each with every registered method to 50% of its MACs. "
+             "A cell is *verified/outcomes*: verified means the surgery verified and an independent re-check agreed; "
+             "everything else was refused in one sentence; a crash (a raw exception or a failed re-check) is counted "
+             "separately and must be 0."
+             + (f" In parentheses: the code before issue 16's fixes on the same {before['architectures']:,} architectures "
+                f"(`fuzz_methods_before.json`)." if before else ""),
+             "", "| method | verified | refused | crashed | s per architecture |", "|---|---|---|---|---|"]
+    for m in methods:
+        c = r["per_method"][m]
+        b = (before or {}).get("per_method", {}).get(m)
+        extra = (lambda k: f" ({b.get(k, 0)})" if b else "")
+        lines.append(f"| {m} | {c.get('verified', 0)}{extra('verified')} | {c.get('refused', 0)}{extra('refused')} | "
+                     f"{c.get('crashed', 0)}{extra('crashed')} | {c['seconds'] / max(1, c['architectures']):.2f} |")
+    lines += ["", "Per pattern (an architecture counts under every pattern it contains); the last column is "
+              "Torch-Pruning's own L1 pruner (ratio 0.3) on the same architectures, *correct/all* against the original "
+              "masked at the channels it removed:", "",
+              "| pattern | " + " | ".join(methods) + " | Torch-Pruning L1 |", "|---" * (len(methods) + 2) + "|"]
+    for pattern, cells in r["per_pattern"].items():
+        row = []
+        for m in methods:
+            text = _cell(cells.get(m))
+            if before:
+                text += f" ({_cell(before['per_pattern'].get(pattern, {}).get(m))})"
+            row.append(text)
+        tp = cells.get("Torch-Pruning L1", {})
+        row.append(f"{tp.get('correct', 0)}/{sum(tp.values())}")
+        lines.append(f"| {pattern} | " + " | ".join(row) + " |")
+    gaps = r["refused_where_torch_pruning_is_correct"]
+    lines += ["", "**What chanprune refuses that Torch-Pruning prunes correctly** (the goal is an empty table; "
+              "Torch-Pruning prunes at a uniform ratio 0.3 and chanprune methods at 50% of the MACs, so a refusal here "
+              "can also be a target a method cannot reach on that architecture):", ""]
+    if not gaps:
+        lines.append("_None in this run._")
+    else:
+        lines += ["| method | refusal (cause) | architectures | patterns |", "|---|---|---|---|"]
+        for m, causes in gaps.items():
+            for cause, e in sorted(causes.items(), key=lambda kv: -kv[1]["count"]):
+                pats = ", ".join(f"{k} ({v})" for k, v in sorted(e["patterns"].items(), key=lambda kv: -kv[1]))
+                lines.append(f"| {m} | {cause.replace('|', '/')} | {e['count']} | {pats} |")
+    return "\n".join(lines)
+
+
+SECTIONS = {"coverage": coverage_section, "zoo": zoo_section, "effective": effective_section, "results": results_section,
             "protocol": protocol_section, "trp": trp_section, "recovery": recovery_section, "cacp": cacp_section,
             "fresh": fresh_section, "deploy": deploy_section, "partition": partition_section}
 
