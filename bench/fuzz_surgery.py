@@ -49,7 +49,8 @@ from chanprune.surgery import TOLERANCE, apply_plan, prune_copy
 from tests.fuzz._archs import FuzzNet, arch_specs, example_inputs, known_gaps, one_sentence, plans
 from tests.fuzz._archs import cause as _cause
 from tests.fuzz._archs import method_configs, patterns, run_method
-from tests.fuzz.test_architectures import _independent_check, _same, _snapshot
+from tests.fuzz.test_architectures import _same, _snapshot
+from tests.fuzz._archs import independent_check as _independent_check
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -579,7 +579,6 @@ def run_method(spec: dict, method: str, config=None, seed: int = 0) -> tuple[str
     from chanprune import prune
     from chanprune.errors import ChanpruneError
     from chanprune.graph import PruningGraph
-    from chanprune.surgery import mask_hooks, mask_sites
 
     model = FuzzNet(spec, seed).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -615,20 +614,27 @@ def run_method(spec: dict, method: str, config=None, seed: int = 0) -> tuple[str
         problem = refit_check(method, model, pruned, x)
         return ("crashed", "refit check", problem) if problem else ("verified", "", "")
     graph = PruningGraph(copy.deepcopy(model), x[:1], ignored_layers=record["config"]["ignored_layers"])
-    witness = copy.deepcopy(model).double().eval()
-    handles = mask_hooks(witness, mask_sites(graph, plan))
-    probe = example_inputs(spec, batch=3, seed=12345).double()
-    try:
-        with torch.no_grad():
-            want = witness(probe)
-            got = copy.deepcopy(pruned).double().eval()(probe)
-    finally:
-        for h in handles:
-            h.remove()
-    error = float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+    error = independent_check(model, graph, plan, pruned, spec)
     if not error < 1e-9:
         return "crashed", "independent check", f"relative error {error:.2e}"
     return "verified", "", ""
+
+
+def independent_check(model, graph, plan, pruned, spec) -> float:
+    """float64, a 3-image probe verification never saw: pruned(x) vs the original masked at its producers."""
+    from chanprune.surgery import mask_hooks, mask_sites
+
+    witness = copy.deepcopy(model).double().eval()
+    handles = mask_hooks(witness, mask_sites(graph, plan))
+    x = example_inputs(spec, batch=3, seed=12345).double()
+    try:
+        with torch.no_grad():
+            want = witness(x)
+            got = copy.deepcopy(pruned).double().eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
 
 
 def cause(msg: str) -> str:

@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 
 from chanprune.errors import ChanpruneError, PruneError, VerificationError
 from chanprune.graph import PruningGraph
-from chanprune.surgery import TOLERANCE, mask_hooks, mask_sites, prune_copy
-from tests.fuzz._archs import FuzzNet, arch_specs, example_inputs, one_sentence, plans
+from chanprune.surgery import TOLERANCE, prune_copy
+from tests.fuzz._archs import FuzzNet, arch_specs, example_inputs, independent_check, one_sentence, plans
 
 STATS: collections.Counter = collections.Counter()
 EXAMPLES = 40
@@ -73,19 +73,7 @@ def _same(model: nn.Module, snap) -> bool:
             and [m.training for m in model.modules()] == flags)
 
 
-def _independent_check(model, graph, plan, pruned, spec) -> float:
-    """float64, a 3-image probe verification never saw: pruned(x) vs the original masked at its producers."""
-    witness = copy.deepcopy(model).double().eval()
-    handles = mask_hooks(witness, mask_sites(graph, plan))
-    x = example_inputs(spec, batch=3, seed=12345).double()
-    try:
-        with torch.no_grad():
-            want = witness(x)
-            got = copy.deepcopy(pruned).double().eval()(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+_independent_check = independent_check
 
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
