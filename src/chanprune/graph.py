@@ -433,9 +433,11 @@ class PruningGraph:
                     out.append((member.module, member.name))
         return out
 
-    def steps(self, round_to: int | None = None) -> list[int]:
-        """Per group, the multiple its kept count must be: lcm(``round_to``, the tied-class size)."""
-        return [math.lcm(round_to or 1, g.step) for g in self.groups]
+    def steps(self, round_to: int | str | None = None) -> list[int]:
+        """Per group, the multiple its kept count must be: lcm(``round_to``, the tied-class size) (a non-integer
+        ``round_to`` such as "auto" rounds elsewhere: the tied classes alone)."""
+        base = round_to if isinstance(round_to, int) and round_to > 0 else 1
+        return [math.lcm(base, g.step) for g in self.groups]
 
     def remove(self, plan: Mapping[int, Sequence[int]]) -> None:
         """Physically remove root indices ``plan[g]`` from each group ``g`` (in place, via Torch-Pruning).
