@@ -202,3 +202,16 @@ def test_excluded_groups_are_named_in_the_warning(monkeypatch):
     record = _prune(ResNeXt(), _config("l1", on_mismatch="exclude")).chanprune_history[-1]
     assert record["excluded_groups"] and "coarse" not in record["warning"]
     assert "'c3'" in record["warning"] and "ignored_layers=['c3']" in record["warning"]
+
+
+def test_analysis_keeps_whole_classes_of_a_grouped_conv():
+    """The effective filters of a group tied by a grouped conv are a multiple of its class size (8 here)."""
+    from chanprune.analysis.effective import AnalysisConfig, analyze
+
+    model = ResNeXt().eval()
+    x, y = _data()
+    result = analyze(model, (x, y), AnalysisConfig(reading="gate", samples=64))
+    graph = PruningGraph(model, x[:1])
+    for g, k in zip(graph.groups, result.effective):
+        assert k % g.step == 0 or k == g.channels, (g.name, k)
+    assert result.rerank("rel", 0.5).effective[[g.name for g in graph.groups].index("c1")] % 8 == 0

@@ -25,7 +25,7 @@ from .._atomic import write_bytes_atomic, write_text_atomic
 from ..calibration import as_batches
 from ..cost import CostModel
 from ..errors import AnalysisError, ConfigError
-from ..graph import PruningGraph
+from ..graph import PruningGraph, resolve_round_to
 from .readings import READINGS, collect
 
 RULES = ("energy", "rel", "abs", "exact")
@@ -142,7 +142,8 @@ class AnalysisResult:
         cfg = AnalysisConfig(**{**asdict(self.config), "rule": rule, "threshold": threshold})
         groups = []
         for g in self.groups:
-            k = _effective(torch.tensor(g.eigenvalues, dtype=torch.float64, device="cpu"), g.channels, rule, threshold, g.resolved)
+            k = _effective(torch.tensor(g.eigenvalues, dtype=torch.float64, device="cpu"), g.channels, rule, threshold, g.resolved,
+                           self._cost.graph.groups[g.index].step)
             groups.append(GroupAnalysis(g.index, g.name, g.channels, k, 1 - k / g.channels, g.eigenvalues, g.resolved))
         macs, params = _network_rates(self._cost, [g.effective for g in groups])
         return AnalysisResult(cfg, groups, self.samples, macs, params, self.seconds, self.grams, self._cost)
@@ -224,9 +225,10 @@ class AnalysisResult:
         return path
 
 
-def _effective(lam: torch.Tensor, channels: int, rule: str, threshold: float | None, resolved: bool) -> int:
-    """k_l: the numerical rank of 𝒢_l, or n_l for a group whose 𝒢_l has too few rows to show redundancy."""
-    return channels if not resolved else max(1, effective_rank(lam, rule, threshold))
+def _effective(lam: torch.Tensor, channels: int, rule: str, threshold: float | None, resolved: bool, step: int = 1) -> int:
+    """k_l: the numerical rank of 𝒢_l, or n_l for a group whose 𝒢_l has too few rows to show redundancy; rounded up
+    to a multiple of ``step`` (a group tied by a grouped conv keeps whole classes, :attr:`ChannelGroup.step`)."""
+    return channels if not resolved else resolve_round_to(max(1, effective_rank(lam, rule, threshold)), channels, step)
 
 
 def _network_rates(cost: CostModel, keep: list[int]) -> tuple[float, float]:
@@ -283,7 +285,7 @@ def analyze(model: nn.Module, data, config: AnalysisConfig | None = None, *, exa
     for g in graph.groups:
         lam = spectrum(stats[g.index].gram)
         resolved = g.index not in unresolved
-        k = _effective(lam, g.channels, config.rule, config.threshold, resolved)
+        k = _effective(lam, g.channels, config.rule, config.threshold, resolved, g.step)
         groups.append(GroupAnalysis(g.index, g.name, g.channels, k, 1 - k / g.channels, lam.tolist(), resolved))
         grams[g.index] = stats[g.index].gram
     macs, params = _network_rates(cost, [g.effective for g in groups])
