@@ -21,7 +21,10 @@ images: prune() passes its first calibration images, else random ones), centre-c
 on the spatial size; a model that needs its full input size, e.g. a flatten into a Linear, is probed at
 full size), with a relative tolerance of 1e-5 per compared tensor. Two images, not one: on one image a wrong
 mapping can hide behind channels that happen to be dead there (bench/fuzz_surgery.py found such a case);
-tiling the two crops into one image instead of batching them was tried and let that case through. Only when that fails is the comparison repeated in float64 (on cast copies of
+tiling the two crops into one image instead of batching them was tried and let that case through. When a
+consumer of the witness reads more all-zero channels on the probe than the plan removes from it (ReLU-dead
+channels, behind which a wrong mapping hides), the comparison is repeated at full size on all the images
+given (prune() passes up to ``PROBE_RESERVE`` calibration images). Only when that fails is the comparison repeated in float64 (on cast copies of
 the tensors), which rules out float32 rounding; the error then names the first layer, in execution
 order, whose output diverges.
 
@@ -47,6 +50,9 @@ from .graph import PruningGraph, channel_axis
 from .modes import eval_mode
 
 TOLERANCE = 1e-5  # relative error allowed between the pruned model and the masked original
+PROBE_RESERVE = 16  # images prune() passes at most: the comparison runs on the first PROBE_SIZE, and on all of them
+# (at full size) when a consumer of the witness reads more all-zero channels than it loses (a wrong mapping can hide
+# behind channels dead on the first images: bench/fuzz_surgery.py found such a case)
 PROBE_SIZE = 2  # images in the probe batch: prune() takes this many calibration images, else random ones (one image
 # can leave a wrong mapping invisible when the channels it touches are dead on it: bench/fuzz_surgery.py found such a case)
 PROBE_SIDE = 8  # spatial sides of the probe are first cropped to this; the full size is used if the model refuses it
@@ -230,20 +236,42 @@ def _recorders(modules: Mapping[str, nn.Module], names: Sequence[str], store: di
     return [modules[n].register_forward_hook(make(n)) for n in names]
 
 
+def _dead_inputs(modules: Mapping[str, nn.Module], removed_in: Mapping[str, int], found: list[str]):
+    """Forward pre-hooks on the consumers: a consumer whose input has more all-zero channels than it loses is
+    appended to ``found`` (a wrong mapping onto a channel dead on this probe would go unseen there)."""
+
+    def make(name, allowed):
+        def hook(module, inputs):
+            x = inputs[0]
+            if not isinstance(x, torch.Tensor) or x.dim() < 2 or name in found:
+                return
+            alive = (x != 0).movedim(channel_axis(module), 0).reshape(x.shape[channel_axis(module)], -1).any(1)
+            if int((~alive).sum()) > allowed:
+                found.append(name)
+
+        return hook
+
+    return [modules[n].register_forward_pre_hook(make(n, k)) for n, k in removed_in.items() if n in modules]
+
+
 def _compare(original: nn.Module, pruned: nn.Module, probe: torch.Tensor, dtype: torch.dtype,
-             sites: Mapping[str, Sequence[int]], consumers: Sequence[str], tolerance: float) -> tuple[float, str | None]:
+             sites: Mapping[str, Sequence[int]], consumers: Sequence[str], tolerance: float,
+             removed_in: Mapping[str, int] | None = None, dead: list[str] | None = None) -> tuple[float, str | None]:
     """Run the masked witness and the pruned model on ``probe``; return (largest relative error, first place
     that exceeds ``tolerance`` in execution order, or None).
 
     Compared: the model output, and the output of every consumer of a pruned group — where a wrong input
     mapping shows first, before a ReLU or a narrow layer downstream can hide it from the final output. A
     consumer that lost output channels itself is compared on the channels it kept (those the witness did
-    not mask there).
+    not mask there). With ``removed_in`` (consumer → input channels it loses), consumers of the witness whose input
+    has more all-zero channels than that are appended to ``dead``.
     """
     w_store: dict[str, list[torch.Tensor]] = {}
     p_store: dict[str, list[torch.Tensor]] = {}
     modules = dict(original.named_modules())
     handles = _witness_hooks(modules, sites) + _recorders(modules, consumers, w_store)
+    if removed_in and dead is not None:
+        handles += _dead_inputs(modules, removed_in, dead)
     try:
         expected = _forward(original, probe, dtype)
     except ChanpruneError:
@@ -421,14 +449,28 @@ def _surgery(graph: PruningGraph, plan: dict[int, list[int]], original: nn.Modul
         probe = torch.randn((PROBE_SIZE,) + tuple(graph.example_inputs.shape[1:]), generator=gen)
     dtype = torch.float64 if _first_float_dtype(original) == torch.float64 else torch.float32
     consumers = sorted({m.name for gi in plan for m in graph.groups[gi].consumers})
+    reserve, probe = probe, probe[:PROBE_SIZE]
+    removed_in: dict[str, int] = {}
+    for gi, idxs in plan.items():
+        gone = set(idxs)
+        for m in graph.groups[gi].consumers:
+            removed_in[m.name] = removed_in.get(m.name, 0) + sum(1 for r in m.root_idxs if r in gone)
+    dead: list[str] = []
     small = _crop(probe)
     if small is not probe:
         try:  # channel mappings do not depend on the spatial size, so a crop checks them for less
-            error, where = _compare(original, pruned, small, dtype, sites, consumers, tolerance)
-            probe = small
+            error, where = _compare(original, pruned, small, dtype, sites, consumers, tolerance, removed_in, dead)
+            if not dead:
+                probe = small
         except ModelError:  # the model needs its full input size (flatten into a Linear, fixed reshapes)
-            error, where = _compare(original, pruned, probe, dtype, sites, consumers, tolerance)
+            dead.clear()
+            error, where = _compare(original, pruned, probe, dtype, sites, consumers, tolerance, removed_in, dead)
     else:
+        error, where = _compare(original, pruned, probe, dtype, sites, consumers, tolerance, removed_in, dead)
+    if where is None and dead:
+        # a consumer reads channels that are zero on the whole probe (ReLU-dead there), behind which a wrong mapping
+        # hides: compare again on every image given, at the full size
+        probe = reserve
         error, where = _compare(original, pruned, probe, dtype, sites, consumers, tolerance)
     if where is not None and dtype != torch.float64:
         # rule out float32 rounding: the same comparison in float64 (on cast copies of the tensors only)

@@ -445,10 +445,17 @@ def method_configs(target: float = 0.5, calibration: int = 32) -> dict:
         # its surgery and refit (run_method gives it a DataBundle: it carves validation images from the train split)
         "cacp": cp.CACPConfig(support=(target,), warmup=2, episodes=2, hidden=16, replay_batch=4, val_images=16,
                               calibration=calibration, batch_size=calibration),
+        # MSEB scores from the given weights (no MSEB training, no retraining): its selection and surgery; it
+        # re-estimates BatchNorm statistics afterwards whatever the config says
+        "ucp": cp.UCPConfig(rule="target", target_macs=target, mseb_epochs=0, retrain_epochs=0, calibration=calibration,
+                            batch_size=calibration, recover_batches=1),
     }
 
 
-REFITS = {"cp": "pruned", "cap": "original", "cacp": "original"}  # methods that refit consumers, and the inputs they fit them on
+# methods that change weights after the verified surgery: the inputs their consumer refits are fitted on (None: only
+# BatchNorm statistics change, UCP's re-estimation)
+REFITS: dict[str, str | None] = {"cp": "pruned", "cap": "original", "cacp": "original", "ucp": None}
+NEEDS_BUNDLE = ("cacp", "ucp")  # methods that take their images from a DataBundle's training split
 
 
 def calibration_data(spec: dict, n: int = 32):
@@ -521,7 +528,7 @@ def refit_check(method: str, model: nn.Module, pruned: nn.Module, x: torch.Tenso
     state, state0 = pruned.state_dict(), plain.state_dict()
     if state.keys() != state0.keys() or any(state[k].shape != state0[k].shape for k in state):
         return "the refit model's shapes differ from the surgery of its recorded plan"
-    consumers = sorted({m.name for gi in plan for m in graph.groups[gi].consumers})
+    consumers = sorted({m.name for gi in plan for m in graph.groups[gi].consumers}) if REFITS[method] else []
     skip = set(record.get("cp", {}).get("branch_ends", []))
     refit = [n for n in consumers if n not in skip]
     from chanprune.graph import _NORM_TYPES
@@ -532,6 +539,8 @@ def refit_check(method: str, model: nn.Module, pruned: nn.Module, x: torch.Tenso
             continue
         if not torch.equal(module.weight, modules0[name].weight):
             return f"layer {name!r} is not refit, but its weights differ from the surgery of the recorded plan"
+    if not refit:
+        return None
     orig_in, orig_out = _capture(model, refit, x)
     if REFITS[method] == "pruned":
         inputs, _ = _capture(pruned, refit, x)
@@ -587,10 +596,12 @@ def run_method(spec: dict, method: str, config=None, seed: int = 0) -> tuple[str
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if method == "cacp":  # its refits come from the bundle's calibration images: check on those
+            if method in NEEDS_BUNDLE:  # refits come from the bundle's calibration images: check on those
                 bundle = random_bundle(spec)
                 x, y = bundle.calibration(config.calibration, seed=config.seed)
-                pruned = prune(model, config, bundle, example_inputs=x[:1]).at(config.support[0])
+                pruned = prune(model, config, bundle, example_inputs=x[:1])
+                if method == "cacp":
+                    pruned = pruned.at(config.support[0])
             else:
                 pruned = prune(model, config, (x, y), example_inputs=x[:1])
     except ChanpruneError as exc:

@@ -98,7 +98,7 @@ class PruneSession:
         return {g.index: lowest(s, g.channels - k, g.classes) for g, s, k in zip(self.graph.groups, scores, keep)}
 
     def probe(self) -> torch.Tensor | None:
-        return self.batches[0][0][: surgery.PROBE_SIZE] if self.batches else None
+        return self.batches[0][0][: surgery.PROBE_RESERVE] if self.batches else None
 
 
 def listing(reasons: dict[str, str], most: int = 3) -> str:
