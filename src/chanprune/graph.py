@@ -471,6 +471,27 @@ def resolve_round_to(keep: int, channels: int, round_to: int | None) -> int:
     return keep
 
 
+def spare_layers(group: ChannelGroup, removed: Sequence[int]) -> list[int]:
+    """``removed`` with every layer of ``group`` left at least one output channel: a group spanning several layers
+    (concatenated branches) may otherwise empty a narrow branch. For each layer that would lose all its channels,
+    its lowest root index stays and the highest root index still kept elsewhere goes instead, so the count is kept.
+    Groups tied by a grouped conv are returned unchanged (their classes decide)."""
+    out = sorted({int(i) for i in removed})
+    if group.classes is not None:
+        return out
+    for member in group.members:
+        n = layer_channels(member.module, "out") if member.role == "out" else None
+        roots = sorted(set(member.root_idxs))
+        gone = set(out)
+        if n is None or n != len(set(member.idxs)) or not roots or not all(r in gone for r in roots):
+            continue
+        others = [r for r in range(group.channels) if r not in gone and r not in roots]
+        if not others:
+            continue  # the plan leaves nothing else to give up instead
+        out = sorted((gone - {roots[0]}) | {others[-1]})
+    return out
+
+
 def lowest(scores: torch.Tensor, count: int, classes: Sequence[Sequence[int]] | None = None) -> list[int]:
     """Indices of the ``count`` lowest scores (ties broken by index, deterministic).
 

@@ -215,3 +215,16 @@ def test_analysis_keeps_whole_classes_of_a_grouped_conv():
     for g, k in zip(graph.groups, result.effective):
         assert k % g.step == 0 or k == g.channels, (g.name, k)
     assert result.rerank("rel", 0.5).effective[[g.name for g in graph.groups].index("c1")] % 8 == 0
+
+
+def test_a_narrow_concatenated_branch_keeps_a_channel():
+    """Found by bench/fuzz_surgery.py: a 'twice' conv ties a concatenation's branches into one group, and L1 would
+    remove the one channel of branch 'body.2.b'; the plan keeps it and removes another channel instead, so the
+    surgery verifies instead of refusing."""
+    from tests.fuzz._archs import run_method
+
+    spec = {"in_channels": 1, "size": 4, "classes": 4, "head": {"kind": "gap", "hidden": 6},
+            "body": [{"kind": "conv", "width": 12, "groups": 1, "bn": False},
+                     {"kind": "cat", "wa": 15, "wb": 1, "with_input": False}, {"kind": "cat", "wa": 15, "wb": 1, "with_input": False},
+                     {"kind": "twice"}, {"kind": "cat", "wa": 2, "wb": 4, "with_input": False}]}
+    assert run_method(spec, "l1")[0] == "verified"

@@ -24,7 +24,7 @@ from ..config import PruneConfig
 from ..cost import COST_NAMES, CostModel, count_macs_params
 from ..criteria import ScoreContext
 from ..errors import ConfigError, PruneError, VerificationError
-from ..graph import PruningGraph, lowest
+from ..graph import PruningGraph, lowest, spare_layers
 from ..recovery import RecoveryContext, get_recovery
 from .registry import Handler, register_method
 
@@ -116,6 +116,8 @@ def run_pipeline(model: nn.Module, config: PruneConfig, data, example_inputs: to
     macs0, params0 = session.cost.macs, session.cost.params
     # Under torchrun every rank planned from the same all-reduced statistics; rank 0's plan is the decision.
     plan = distributed.broadcast_object(planner(session))
+    if not session.post_surgery:  # refits (CP, CaP) were computed for their plan as it is
+        plan = {gi: spare_layers(session.graph.groups[gi], idxs) for gi, idxs in plan.items()}
     t_plan = time.perf_counter() - t0
     pruned, report = surgery.apply_plan(session.graph, plan, model, verify=config.verify, probe=session.probe(),
                                         on_mismatch=config.on_mismatch)
