@@ -446,32 +446,34 @@ def _surgery(graph: PruningGraph, plan: dict[int, list[int]], original: nn.Modul
     t0 = time.perf_counter()
     if probe is None:
         gen = torch.Generator().manual_seed(0)
-        probe = torch.randn((PROBE_SIZE,) + tuple(graph.example_inputs.shape[1:]), generator=gen)
+        probe = torch.randn((PROBE_RESERVE,) + tuple(graph.example_inputs.shape[1:]), generator=gen)
     dtype = torch.float64 if _first_float_dtype(original) == torch.float64 else torch.float32
     consumers = sorted({m.name for gi in plan for m in graph.groups[gi].consumers})
-    reserve, probe = probe, probe[:PROBE_SIZE]
-    removed_in: dict[str, int] = {}
+    removed_in: dict[str, int] = {}  # consumer → input channels the plan takes from it
     for gi, idxs in plan.items():
         gone = set(idxs)
         for m in graph.groups[gi].consumers:
             removed_in[m.name] = removed_in.get(m.name, 0) + sum(1 for r in m.root_idxs if r in gone)
-    dead: list[str] = []
-    small = _crop(probe)
-    if small is not probe:
-        try:  # channel mappings do not depend on the spatial size, so a crop checks them for less
-            error, where = _compare(original, pruned, small, dtype, sites, consumers, tolerance, removed_in, dead)
-            if not dead:
-                probe = small
-        except ModelError:  # the model needs its full input size (flatten into a Linear, fixed reshapes)
-            dead.clear()
-            error, where = _compare(original, pruned, probe, dtype, sites, consumers, tolerance, removed_in, dead)
-    else:
-        error, where = _compare(original, pruned, probe, dtype, sites, consumers, tolerance, removed_in, dead)
-    if where is None and dead:
-        # a consumer reads channels that are zero on the whole probe (ReLU-dead there), behind which a wrong mapping
-        # hides: compare again on every image given, at the full size
-        probe = reserve
-        error, where = _compare(original, pruned, probe, dtype, sites, consumers, tolerance)
+
+    def attempt(batch: torch.Tensor, crop: bool = True):
+        """Compare on the crop of ``batch`` where the model accepts it, else at full size: (error, where, dead, batch used)."""
+        dead: list[str] = []
+        small = _crop(batch) if crop else batch
+        if small is not batch:  # channel mappings do not depend on the spatial size, so a crop checks them for less
+            try:
+                return (*_compare(original, pruned, small, dtype, sites, consumers, tolerance, removed_in, dead), dead, small)
+            except ModelError:  # the model needs its full input size (flatten into a Linear, fixed reshapes)
+                dead.clear()
+        return (*_compare(original, pruned, batch, dtype, sites, consumers, tolerance, removed_in, dead), dead, batch)
+
+    reserve = probe
+    error, where, dead, probe = attempt(reserve[:PROBE_SIZE])
+    # a consumer reading channels that are zero on the whole probe (ReLU-dead there) can hide a wrong mapping behind
+    # them: compare on every image given, then at their full size
+    if where is None and dead and len(reserve) > PROBE_SIZE:
+        error, where, dead, probe = attempt(reserve)
+    if where is None and dead and probe.shape != reserve.shape:
+        error, where, dead, probe = attempt(reserve, crop=False)
     if where is not None and dtype != torch.float64:
         # rule out float32 rounding: the same comparison in float64 (on cast copies of the tensors only)
         error, where = _compare(original, pruned, probe, torch.float64, sites, consumers, tolerance)

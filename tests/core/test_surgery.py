@@ -56,9 +56,12 @@ def _sabotage(graph, group):
     graph.remove = sabotaged
 
 
-def test_large_inputs_are_verified_on_a_crop_and_a_wrong_mapping_is_still_caught():
+def test_large_inputs_are_verified_on_a_crop_and_a_wrong_mapping_is_still_caught(monkeypatch):
     model = tiny("resnet20")
     x, _ = calib(2, size=28)
+    # this random-weight net has channels dead on the crops, which would send the check to full size
+    # (test_patterns.py::test_a_mapping_hidden_behind_channels_dead_on_the_crop_is_caught); here, the crop itself
+    monkeypatch.setattr(surgery, "_dead_inputs", lambda *a: [])
     pruned, report = prune_copy(model, {0: [0, 1]}, x[:1])
     assert report.verified and report.probe_shape == (surgery.PROBE_SIZE, 1, surgery.PROBE_SIDE, surgery.PROBE_SIDE)
     graph = PruningGraph(copy.deepcopy(model), x[:1])
@@ -73,7 +76,7 @@ def test_a_model_that_needs_its_full_input_size_is_verified_at_full_size():
                           nn.ReLU(), nn.Flatten(), nn.Linear(4 * 20 * 20, 10)).eval()
     x = torch.randn(1, 1, 20, 20)
     pruned, report = prune_copy(model, {0: [1, 3]}, x)
-    assert report.verified and report.probe_shape == (surgery.PROBE_SIZE, 1, 20, 20)
+    assert report.verified and report.probe_shape[1:] == (1, 20, 20)
     graph = PruningGraph(copy.deepcopy(model), x)
     _sabotage(graph, graph.groups[0])
     with pytest.raises(VerificationError, match="first divergence"):

@@ -85,9 +85,10 @@ def _prune(model, config):
     x, y = _data()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if isinstance(config, cp.CACPConfig):  # a search over a training split: a random DataBundle of the same shape
+        if isinstance(config, (cp.CACPConfig, cp.UCPConfig)):  # methods that need a training split: random images
             bundle = random_bundle({"in_channels": 3, "size": 16, "classes": 10}, n=128)
-            return cp.prune(model.eval(), config, bundle, example_inputs=x[:1]).at(config.support[0])
+            pruned = cp.prune(model.eval(), config, bundle, example_inputs=x[:1])
+            return pruned.at(config.support[0]) if isinstance(config, cp.CACPConfig) else pruned
         return cp.prune(model.eval(), config, (x, y), example_inputs=x[:1])
 
 
@@ -121,7 +122,7 @@ def test_grouped_conv_classes_are_read_from_the_graph():
     assert graph.steps(3)[graph.groups.index(by_name["c1"])] == 24
 
 
-@pytest.mark.parametrize("method", sorted(method_configs()))
+@pytest.mark.parametrize("method", sorted(set(method_configs()) - {"ucp"}))
 def test_channels_last_block_is_pruned_and_verified(method):
     pruned = _prune(ConvNeXt(), _config(method))
     record = pruned.chanprune_history[-1]
@@ -228,3 +229,21 @@ def test_a_narrow_concatenated_branch_keeps_a_channel():
                      {"kind": "cat", "wa": 15, "wb": 1, "with_input": False}, {"kind": "cat", "wa": 15, "wb": 1, "with_input": False},
                      {"kind": "twice"}, {"kind": "cat", "wa": 2, "wb": 4, "with_input": False}]}
     assert run_method(spec, "l1")[0] == "verified"
+
+
+def test_ucp_refuses_a_model_without_conv_batchnorm_pairs_in_one_sentence():
+    with pytest.raises(ChanpruneError) as exc:
+        _prune(ConvNeXt(), _config("ucp"))
+    assert one_sentence(str(exc.value)) and "BatchNorm" in str(exc.value)
+
+
+def test_a_mapping_hidden_behind_channels_dead_on_the_crop_is_caught():
+    """Found by bench/fuzz_surgery.py: Torch-Pruning maps the concatenated flattened pools wrongly, and the kept
+    channel is ReLU-dead on the centre crop of the first probe images, so the crop comparison saw no difference;
+    the dead inputs send the comparison to full size on all calibration images given, which catches it."""
+    from tests.fuzz._archs import run_method
+
+    spec = {"in_channels": 1, "size": 20, "classes": 2, "head": {"kind": "catflat", "hidden": None, "side": None, "swap": False},
+            "body": [{"kind": "conv", "width": 2, "groups": 1, "bn": False}, {"kind": "twice"}]}
+    outcome, reason, message = run_method(spec, "l1")
+    assert outcome == "refused" and "first divergence at 'head.fc'" in message
