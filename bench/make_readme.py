@@ -420,8 +420,9 @@ def coverage_section() -> str:
              "A cell is *verified/outcomes*: verified means the surgery verified and an independent re-check agreed; "
              "everything else was refused in one sentence; a crash (a raw exception or a failed re-check) is counted "
              "separately and must be 0."
-             + (f" In parentheses: the code before issue 16's fixes on the same {before['architectures']:,} architectures "
-                f"(`fuzz_methods_before.json`)." if before else ""),
+             + (f" In parentheses: the code before issue 16's fixes (`fuzz_methods_before.json`, commit "
+                f"{before.get('commit', '?')}) on the first {before['architectures']:,} architectures of the same seeded "
+                "sequence." if before else ""),
              "", "| method | verified | refused | crashed | s per architecture |", "|---|---|---|---|---|"]
     for m in methods:
         c = r["per_method"][m]
