@@ -313,6 +313,7 @@ class PruningGraph:
                 member.idxs, member.root_idxs = [i for i, _ in pairs], [r for _, r in pairs]
         if group.garbled:
             group.classes = []
+            group.members = [m for m in group.members if m.idxs]  # a member left with no channel of its own
         return group
 
     def __len__(self) -> int:

@@ -247,3 +247,16 @@ def test_a_mapping_hidden_behind_channels_dead_on_the_crop_is_caught():
             "body": [{"kind": "conv", "width": 2, "groups": 1, "bn": False}, {"kind": "twice"}]}
     outcome, reason, message = run_method(spec, "l1")
     assert outcome == "refused" and "first divergence at 'head.fc'" in message
+
+
+def test_a_group_torch_pruning_maps_onto_missing_channels_is_kept_whole():
+    """Found by bench/fuzz_surgery.py: Torch-Pruning maps a group onto channels a layer does not have (a
+    concatenation feeding an 8-group conv); every method keeps that group whole instead of crashing in a criterion."""
+    from tests.fuzz._archs import run_method
+
+    spec = {"in_channels": 1, "size": 4, "classes": 4, "head": {"kind": "gap", "hidden": 6},
+            "body": [{"kind": "conv", "width": 12, "groups": 1, "bn": False}, {"kind": "cat", "wa": 15, "wb": 1, "with_input": False},
+                     {"kind": "conv", "width": 8, "groups": 8, "bn": True, "act": "hardswish", "dead": 0},
+                     {"kind": "unet", "ws": 13, "wd": 2, "wo": 3}, {"kind": "twice"}]}
+    for method in ("l1", "taylor", "hrank", "hierarchical"):
+        assert run_method(spec, method)[0] != "crashed", method
