@@ -482,7 +482,7 @@ def _plan_of(record: dict) -> dict[int, list[int]]:
 
 def _capture(model: nn.Module, names, x):
     """({name: input}, {name: output}) of the named layers on x (eval mode, no grad)."""
-    from chanprune.surgery import _evaluating
+    from chanprune.modes import eval_mode
 
     ins, outs = {}, {}
     modules = dict(model.named_modules())
@@ -496,7 +496,7 @@ def _capture(model: nn.Module, names, x):
 
     handles = [modules[n].register_forward_hook(make(n)) for n in names]
     try:
-        with torch.no_grad(), _evaluating(model):
+        with torch.no_grad(), eval_mode(model):
             model(x)
     finally:
         for h in handles:
