@@ -39,5 +39,5 @@ def test_unknown_recovery_and_missing_training_data():
     with pytest.raises(ConfigError, match="recover must be one of none, bn, compensate, compensate\\+bn"):
         L1Config(recover="retrain")
     x, y = calib(4)
-    with pytest.raises(ConfigError, match="re-estimates BatchNorm statistics from training images; pass data=a DataBundle"):
+    with pytest.raises(ConfigError, match="re-estimates BatchNorm statistics from shuffled training batches"):
         chanprune.prune(tiny("lenet5"), L1Config(recover="bn", recover_batches=20), data=(x, y), example_inputs=x[:1])
