@@ -32,7 +32,6 @@ import collections
 import copy
 import json
 import platform
-import re
 import time
 import warnings
 from pathlib import Path

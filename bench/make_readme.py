@@ -427,7 +427,8 @@ def coverage_section() -> str:
     for m in methods:
         c = r["per_method"][m]
         b = (before or {}).get("per_method", {}).get(m)
-        extra = (lambda k: f" ({b.get(k, 0)})" if b else "")
+        def extra(k):
+            return (f" ({b.get(k, 0)})" if b else "")
         lines.append(f"| {m} | {c.get('verified', 0)}{extra('verified')} | {c.get('refused', 0)}{extra('refused')} | "
                      f"{c.get('crashed', 0)}{extra('crashed')} | {c['seconds'] / max(1, c['architectures']):.2f} |")
     lines += ["", "Per pattern (an architecture counts under every pattern it contains); the last column is "

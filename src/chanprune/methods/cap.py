@@ -39,7 +39,7 @@ from ..config import PruneConfig
 from ..errors import ConfigError
 from ..graph import resolve_round_to
 from ..recovery.compensation import clean_cov, apply_compensation, compensate_model, refit_skip_reason, ridge_scale
-from ..recovery.stats import Moments, columns, consumer_moments, supported, weight_matrix
+from ..recovery.stats import Moments, columns, consumer_moments, weight_matrix
 from ..surgery import mask_hooks, mask_sites
 from .pipeline import PruneSession, listing, register_planner
 

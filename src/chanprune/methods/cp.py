@@ -66,7 +66,7 @@ from ..errors import ConfigError
 from ..recovery.compensation import Compensation, NormFolds, refit_skip_reason, write_consumer
 from ..recovery.lasso import LassoStats, Selection, lasso_select
 from ..recovery.lstsq import lstsq_refit
-from ..recovery.stats import Replay, StopPass, call_order, columns, consumer_rows, gather_rows, supported, weight_matrix
+from ..recovery.stats import Replay, StopPass, call_order, columns, consumer_rows, gather_rows, weight_matrix
 from ..surgery import mask_hooks, mask_sites
 from .pipeline import PruneSession, listing, register_planner
 
