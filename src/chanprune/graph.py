@@ -504,7 +504,7 @@ def lowest(scores: torch.Tensor, count: int, classes: Sequence[Sequence[int]] | 
     scores = scores.detach().double().cpu()
     if classes:
         size = len(classes[0])
-        index = torch.as_tensor(classes, dtype=torch.long)
+        index = torch.as_tensor(classes, dtype=torch.long, device=scores.device)
         order = torch.argsort(scores[index].sum(1), stable=True)
         return sorted(int(r) for c in order[: count // size].tolist() for r in classes[c])
     order = torch.argsort(scores, stable=True)
