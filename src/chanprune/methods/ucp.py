@@ -92,11 +92,6 @@ class UCPConfig(PruneConfig):
             # fine-tune starts from chance accuracy (10% on MNIST at 50% of the MACs, 16% after 500 images)
             self.recover = "compensate+bn" if self.recovery == "compensate" else "bn"
 
-    @property
-    def target(self):
-        return None if self.rule == "mean" else super().target
-
-
 def _kernel_area(module: nn.Module) -> int:
     k = getattr(module, "kernel_size", (1,))
     return int(torch.tensor(k).prod())
