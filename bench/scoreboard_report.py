@@ -34,7 +34,7 @@ def load_docs(results: Path = RESULTS) -> list[dict]:
     return sorted(docs, key=lambda d: order.get(Path(d["checkpoint"]).name, len(order)))
 
 
-def _label(doc: dict) -> str:
+def label(doc: dict) -> str:
     kw = doc.get("model_kwargs") or {}
     width = {k: v for k, v in kw.items() if k in ("width", "width_mult")}
     extra = f" (width {next(iter(width.values()))})" if width else ""
@@ -134,11 +134,16 @@ def _tally(counts: dict[str, int]) -> str:
             f"{_plural(counts['loss'], 'loss')}")
 
 
+def test_images(doc: dict) -> int:
+    """How many test images the rows were evaluated on (the recipe's number, or the whole split when smaller)."""
+    return next((r["test_images"] for r in doc["rows"] if r.get("test_images")), doc["recipe"]["test_images"])
+
+
 def model_tables(doc: dict) -> str:
     parts = []
     dense = doc["dense"]
-    parts.append(f"#### {_label(doc)}\n\nDense: {dense['accuracy']:.2f}% on the {doc['recipe']['test_images']:,}-image "
-                 f"test subset, {dense['macs'] / 1e6:.2f}M MACs, {dense['params'] / 1e6:.3f}M params "
+    parts.append(f"#### {label(doc)}\n\nDense: {dense['accuracy']:.2f}% on {test_images(doc):,} test images, "
+                 f"{dense['macs'] / 1e6:.2f}M MACs, {dense['params'] / 1e6:.3f}M params "
                  f"(`{doc['checkpoint']}`).")
     for t in _targets(doc):
         rows = _main_rows(doc, t)
@@ -167,7 +172,7 @@ def model_tables(doc: dict) -> str:
                 prune_s += f" ({r['search_seconds']:.1f} with search)"
             lines.append(f"| {name} | {100 * r['macs_kept']:.1f}%{mark} | {100 * r['params_kept']:.1f}% | {nf} | "
                          f"{_fmt_ft(r, best)} | {_speedup(r, 'b1')} | {_speedup(r, 'b32')} | {prune_s} |")
-        parts.append(f"**{_label(doc)}, {100 * t:.0f}% of the MACs kept**\n\n" + "\n".join(lines))
+        parts.append(f"**{label(doc)}, {100 * t:.0f}% of the MACs kept**\n\n" + "\n".join(lines))
     return "\n\n".join(parts)
 
 
@@ -197,12 +202,12 @@ def round_to_table(docs: list[dict]) -> str:
             s1, s32 = r["latency"]["b1"]["speedup"], r["latency"]["b32"]["speedup"]
             q1, q32 = _speedup_per_reduction(r)
             by_rt.setdefault(r["round_to"], []).append((q1, q32))
-            lines.append(f"| {_label(doc)} | {r['method']} | {r['round_to'] or 'none'} | {100 * r['macs_kept']:.1f}% | "
+            lines.append(f"| {label(doc)} | {r['method']} | {r['round_to'] or 'none'} | {100 * r['macs_kept']:.1f}% | "
                          f"{1 / r['macs_kept']:.2f}× | {s1:.2f}× | {s32:.2f}× | {q1:.2f} | {q32:.2f} | "
                          f"{r['accuracy_no_ft']:.2f} |")
         for rt in sorted(by_rt, key=lambda x: x or 0):
             v = np.asarray(by_rt[rt])
-            summary.append(f"| {_label(doc)} | {rt or 'none'} | {len(v)} | {v[:, 0].mean():.2f} | {v[:, 1].mean():.2f} |")
+            summary.append(f"| {label(doc)} | {rt or 'none'} | {len(v)} | {v[:, 0].mean():.2f} | {v[:, 1].mean():.2f} |")
     if not any_rows:
         return "_The round_to study has not run yet._"
     return "\n".join(summary) + "\n\n" + "\n".join(lines)
@@ -259,7 +264,7 @@ def make_plots(docs: list[dict], outdir: Path) -> list[Path]:
         ax.axhline(doc["dense"]["accuracy"], color="k", linewidth=0.8, linestyle=":", label="dense")
         ax.set_xlabel("MACs kept (%)")
         ax.set_ylabel("test accuracy after the short fine-tune (%)")
-        ax.set_title(f"{_label(doc)}: accuracy vs MACs (mean ± std over seeds)")
+        ax.set_title(f"{label(doc)}: accuracy vs MACs (mean ± std over seeds)")
         ax.legend(fontsize=7, ncol=2)
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -270,13 +275,13 @@ def make_plots(docs: list[dict], outdir: Path) -> list[Path]:
     pts = [(doc, r) for doc in docs for r in doc["rows"] if r["status"] == "ok" and "latency" in r]
     if pts:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
-        labels = [_label(d) for d in docs]
+        labels = [label(d) for d in docs]
         colors = {lab: plt.cm.tab10(i % 10) for i, lab in enumerate(labels)}
         for ax, b in zip(axes, ("b1", "b32")):
             for lab in labels:
                 for fam, marker in (("chanprune", "o"), ("torch-pruning", "s")):
                     sel = [(1 / r["macs_kept"], r["latency"][b]["speedup"]) for d, r in pts
-                           if _label(d) == lab and r["family"] == fam]
+                           if label(d) == lab and r["family"] == fam]
                     if sel:
                         x, y = zip(*sel)
                         ax.scatter(x, y, marker=marker, s=18, alpha=0.7, color=colors[lab],
@@ -300,9 +305,9 @@ def make_plots(docs: list[dict], outdir: Path) -> list[Path]:
 def _where(items: list[tuple[str, float]]) -> str:
     """'ResNet-20 at 50/33%; VGG-16 at 25%' from (model label, target) pairs, in the order given."""
     by: dict[str, list[float]] = {}
-    for label, t in items:
-        by.setdefault(label, []).append(t)
-    return "; ".join(f"{label} at {'/'.join(f'{100 * t:.0f}' for t in ts)}%" for label, ts in by.items())
+    for lab, t in items:
+        by.setdefault(lab, []).append(t)
+    return "; ".join(f"{lab} at {'/'.join(f'{100 * t:.0f}' for t in ts)}%" for lab, ts in by.items())
 
 
 def _best_of(rows: list[dict], methods: tuple[str, ...]) -> dict | None:
@@ -345,7 +350,7 @@ def round_to_finding(docs: list[dict]) -> str:
     ratios: dict = {}
     for doc in docs:
         for r in _study_rows(doc):
-            ratios.setdefault(_label(doc), {}).setdefault(r["round_to"], []).append(_speedup_per_reduction(r))
+            ratios.setdefault(label(doc), {}).setdefault(r["round_to"], []).append(_speedup_per_reduction(r))
     said = []
     for rt in sorted({rt for m in ratios.values() for rt in m if rt is not None}):
         both = [(np.mean(m[None], axis=0), np.mean(m[rt], axis=0)) for m in ratios.values() if None in m and rt in m]
@@ -371,7 +376,7 @@ def closing_note(docs: list[dict]) -> str:
                 for kind in ("ft", "no_ft"):
                     if kind in v:
                         buckets[kind + ("_plain" if plain else "")].setdefault(v[kind]["verdict"], []).append(
-                            (_label(doc), v["target"]))
+                            (label(doc), v["target"]))
     lines = []
     for kind, title in (("ft", "After the short fine-tune"), ("no_ft", "Without fine-tuning (BN re-estimated)"),
                         ("ft_plain", "Without weight compensation, after the fine-tune"),
@@ -387,7 +392,7 @@ def closing_note(docs: list[dict]) -> str:
     for doc in docs:
         tp_best = {v["target"]: v["ft"]["tp_acc"][0] for v in verdicts(doc) if "ft" in v}
         for v in same_refit_verdicts(doc):
-            same[v["verdict"]].append((_label(doc), v["target"]))
+            same[v["verdict"]].append((label(doc), v["target"]))
             if v["target"] in tp_best:
                 parts.append((v["ours_ft"] - tp_best[v["target"]], v["diff"]))
     if parts:
@@ -402,7 +407,7 @@ def closing_note(docs: list[dict]) -> str:
     standing = [(doc, t, *hierarchical_standing(doc, t)) for doc in docs for t in _targets(doc)]
     standing = [x for x in standing if x[2] is not None]
     if standing:
-        behind = [f"{_label(doc)} at {100 * t:.0f}% ({best} leads by {lead:.2f})" for doc, t, verdict, best, lead
+        behind = [f"{label(doc)} at {100 * t:.0f}% ({best} leads by {lead:.2f})" for doc, t, verdict, best, lead
                   in standing if verdict == "loss"]
         lines.append(f"Among chanprune's own rows, fine-tuned, hierarchical + compensate is the best or within the "
                      f"seed spread of the best at {len(standing) - len(behind)} of {len(standing)} model × target "
@@ -425,23 +430,26 @@ def closing_note(docs: list[dict]) -> str:
     return "**Closing note: where chanprune wins, ties and loses, as measured.**\n\n" + "\n\n".join(lines)
 
 
-def protocol_table(a_docs: list[dict], b_docs: list[dict]) -> str:
+def protocol_table(a_docs: list[dict], b_docs: list[dict], plain: bool = False) -> str:
     """Best chanprune row against best Torch-Pruning row per model × target under the recovery protocol:
     (a) without a fine-tune (BatchNorm re-estimated; a tie within one binomial SE) and (b) after the one-epoch
-    fine-tune of the rows (a) selected (a tie within the larger seed std). Empty without (a) rows."""
+    fine-tune of the rows (a) selected (a tie within the larger seed std). Empty without (a) rows.
+
+    ``plain``: selection against selection, only chanprune rows that keep the surviving weights (see
+    :func:`verdicts`)."""
     b_by = {Path(d["checkpoint"]).name: d for d in b_docs}
     lines = []
     for a in a_docs:
         b = b_by.get(Path(a["checkpoint"]).name)
-        after = {v["target"]: v.get("ft") for v in verdicts(b)} if b else {}
-        for v in verdicts(a):
+        after = {v["target"]: v.get("ft") for v in verdicts(b, plain)} if b else {}
+        for v in verdicts(a, plain):
             x, y = v.get("no_ft"), after.get(v["target"])
             cells = (["–"] * 3 if not x else [f"{x['ours']} {x['ours_acc']:.2f}", f"{x['tp']} {x['tp_acc']:.2f}",
                                                f"**{x['verdict']}** (±{x['se']:.2f})"])
             cells += (["–"] * 3 if not y else [f"{y['ours']} {y['ours_acc'][0]:.2f} ± {y['ours_acc'][1]:.2f}",
                                                f"{y['tp']} {y['tp_acc'][0]:.2f} ± {y['tp_acc'][1]:.2f}",
                                                f"**{y['verdict']}**"])
-            lines.append(f"| {_label(a)} | {a['dense']['accuracy']:.2f} | {100 * v['target']:.0f}% | "
+            lines.append(f"| {label(a)} | {a['dense']['accuracy']:.2f} | {100 * v['target']:.0f}% | "
                          + " | ".join(cells) + " |")
     if not lines:
         return ""
@@ -519,7 +527,7 @@ def render_markdown(docs: list[dict], plots: list[Path] | None = None, root: Pat
                     else:
                         cells += [f"{x['ours']} {x['ours_acc']:.2f}", f"{x['tp']} {x['tp_acc']:.2f}",
                                   f"**{x['verdict']}** (±{x['se']:.1f})"]
-                vlines.append(f"| {_label(doc)} | {100 * v['target']:.0f}% | " + " | ".join(cells) + " |")
+                vlines.append(f"| {label(doc)} | {100 * v['target']:.0f}% | " + " | ".join(cells) + " |")
         title = ("**Where chanprune wins, ties and loses** (best chanprune row vs best Torch-Pruning row at each "
                  "target; fine-tuned: a tie when the difference is within the larger seed std; no fine-tune: a tie "
                  "when within one binomial standard error of the difference on the test subset, shown in brackets):"

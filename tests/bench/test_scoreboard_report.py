@@ -133,3 +133,12 @@ def test_protocol_table_puts_a_and_b_side_by_side(sb, report):
     assert "| 50% | ours.cap 90.00 | tp.l1 80.00 | **win**" in table[2] and "**tie** |" in table[2]
     assert "| 25% |" in table[3] and "**tie** (±" in table[3] and table[3].endswith("| – | – | – |")
     assert report.protocol_table([], [b]) == ""
+
+
+def test_plain_protocol_table_compares_selection_with_selection(sb, report):
+    a = _doc(sb, [_row("ours.cap", "chanprune", 0.5, None, nf=90.0), _row("ours.hierarchical", "chanprune", 0.5, None, nf=70.0),
+                  _row("tp.l1", "torch-pruning", 0.5, None, nf=80.0)])
+    a["rows"][0]["call"] = {"method": "cap"}
+    line = report.protocol_table([a], [], plain=True).splitlines()[2]
+    assert "ours.hierarchical 70.00" in line and "tp.l1 80.00" in line and "**loss**" in line
+    assert "ours.cap 90.00" in report.protocol_table([a], []).splitlines()[2]
