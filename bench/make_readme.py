@@ -183,7 +183,8 @@ def results_section() -> str:
 def _protocol_docs() -> tuple[list[dict], list[dict]]:
     from bench import scoreboard_report as report
 
-    return report.load_docs(RESULTS / "zoo_protocol_a"), report.load_docs(RESULTS / "zoo_protocol_b")
+    b_docs = [d for d in report.load_docs(RESULTS / "zoo_protocol_b") if any(r.get("accuracy_ft") for r in d["rows"])]
+    return report.load_docs(RESULTS / "zoo_protocol_a"), b_docs
 
 
 def protocol_section() -> str:
